@@ -1,0 +1,142 @@
+"""The `lumbar-mri-cds` command: serve, evaluate, report, check-config.
+
+Errors become exit codes in one place (``main``), as click's ``Command.main`` does; the codes are
+fixed and tested: 0 ok, 1 unexpected, 2 configuration, 3 invalid request, 4 data unobtainable,
+5 store unavailable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from service import config
+from service.errors import ConfigError
+from service.errors import InvalidRequest
+from service.errors import ServiceError
+from service.errors import StoreUnavailable
+from service.security import report as security_report
+
+CONFIG_HELP = f"TOML configuration file (default: ${config.CONFIG_ENV}, else the development profile)"
+
+
+def config_option(func: Any) -> Any:
+    """The --config option every command that reads settings takes."""
+    return click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help=CONFIG_HELP)(func)
+
+
+def load(config_file: Path | None) -> config.Settings:
+    """Settings from --config, else from the environment."""
+    return config.load_settings(config_file or config.config_path(os.environ), os.environ)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lumbar-mri-cds")
+def cli() -> None:
+    """A CDS Hooks service that reviews lumbar spine MRI orders against imaging guidelines."""
+
+
+cli.add_command(security_report.check_config)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="port to listen on")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="gunicorn worker processes")
+@config_option
+def serve(host: str, port: int, workers: int, config_file: Path | None) -> None:
+    """Run the service under gunicorn in the foreground (stops cleanly on SIGTERM/SIGINT)."""
+    from service import server  # gunicorn is imported only to serve
+
+    settings = load(config_file)
+    server.run(settings, host=host, port=port, workers=workers)
+
+
+@cli.command()
+@click.argument("request_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print the raw CDS Hooks response")
+@click.option("--today", type=click.DateTime(formats=["%Y-%m-%d"]), help="evaluate as of this date (default: today)")
+def evaluate(request_file: Path, as_json: bool, today: Any) -> None:
+    """Run one CDS Hooks request file (with prefetch) through the rules, offline: no server, no token."""
+    from service import pipeline
+    from service.facts import codes
+    from service.intake import envelope
+    from service.render import text
+    from service.rules import table
+
+    data = envelope.parse_json(request_file.read_bytes())
+    hook = data.get("hook") if isinstance(data, dict) else None
+    spec = next((s for s in pipeline.SERVICES.values() if s.hook == hook), None)
+    if spec is None:
+        raise InvalidRequest(f"{request_file}: hook must be one of {', '.join(s.hook for s in pipeline.SERVICES.values())}")
+    hook_request = envelope.parse_request(data, hook=spec.hook)
+    evaluator = pipeline.Evaluator(codes.ValueSets.load(), table.load_table())
+    evaluation = evaluator.evaluate(hook_request, today.date() if today else date.today(), fetch=None)
+    if as_json:
+        click.echo(orjson.dumps(evaluation.response, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(text.render_text(evaluation.response, orders_reviewed=evaluation.orders_reviewed))
+
+
+@cli.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON (the shape in the README)")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]), help="cards issued on or after this date (UTC)")
+@click.option("--until", type=click.DateTime(formats=["%Y-%m-%d"]), help="cards issued on or before this date (UTC)")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="also write an HTML report with weekly charts to this file")
+def report(config_file: Path | None, as_json: bool, since: Any, until: Any, html_file: Path | None) -> None:
+    """Card and feedback analytics per rule: cards issued, accepted, overridden, override reasons."""
+    import sqlalchemy as sa
+
+    from service.store import report as store_report
+    from service.store import schema
+
+    since_day, until_day = (since.date() if since else None), (until.date() if until else None)
+    engine = schema.create_engine(load(config_file).database_url)
+    try:
+        schema.create_schema(engine)  # a fresh database reports zeros rather than failing
+        result = store_report.build_report(engine, since=since_day, until=until_day)
+        if html_file is not None:
+            html_file.write_text(store_report.render_html(engine, result, since=since_day, until=until_day), "utf-8")
+    except sa.exc.SQLAlchemyError as exc:
+        raise StoreUnavailable(f"the store is not reachable ({type(exc).__name__})") from None
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(store_report.render_text(result, since=since_day, until=until_day), nl=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the group, turning our errors into fixed exit codes."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        code = cli.main(args=argv, prog_name="lumbar-mri-cds", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        click.echo(f"configuration error: {exc}", err=True)
+        sys.exit(ConfigError.exit_code)
+    except ServiceError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except OSError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Forgiving FHIR date handling: anything unreadable is ``None``, never an error (as cumulus-etl)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date
+from typing import Any
+
+
+def parse_date(value: Any) -> date | None:
+    """The calendar date of a FHIR date/dateTime/instant; partial dates take their first day."""
+    if not isinstance(value, str) or len(value) < 4:
+        return None
+    try:
+        year = int(value[0:4])
+        month = int(value[5:7]) if len(value) >= 7 else 1
+        day = int(value[8:10]) if len(value) >= 10 else 1
+        return date(year, month, day)
+    except ValueError:
+        return None
+
+
+def period_start(value: Any) -> date | None:
+    """The start of a FHIR Period."""
+    return parse_date(value.get("start")) if isinstance(value, Mapping) else None
+
+
+def first_date(resource: Mapping[str, Any], *fields: str) -> date | None:
+    """The first readable date among these fields (a `...Period` field gives its start)."""
+    for name in fields:
+        value = resource.get(name)
+        found = period_start(value) if name.endswith("Period") else parse_date(value)
+        if found is not None:
+            return found
+    return None
+
+
+def age_on(birth_date: date, today: date) -> int:
+    """Age in whole years on ``today``."""
+    years = today.year - birth_date.year
+    if (today.month, today.day) < (birth_date.month, birth_date.day):
+        years -= 1
+    return years

@@ -1,0 +1,163 @@
+"""The hook request envelope: parse untrusted JSON into a ``HookRequest`` or say what is wrong.
+
+Unknown elements are ignored (CDS Hooks 2.0). Shapes the CDS Hooks sandbox really sends (a
+draftOrders Bundle without `type`, no `selections`, DSTU2 MedicationOrder drafts) are accepted; the
+pipeline decides later that they need no card.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from service.errors import InvalidRequest
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FhirAuthorization:
+    access_token: str          # never logged, sent only to an allowed fhirServer
+    token_type: str
+    scope: str | None
+    subject: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HookRequest:
+    hook: str
+    hook_instance: str
+    fhir_server: str | None
+    fhir_authorization: FhirAuthorization | None
+    patient_id: str
+    user_id: str | None
+    encounter_id: str | None
+    selections: tuple[str, ...] | None    # None: not sent (order-sign, or the sandbox's odd path)
+    draft_orders: tuple[Mapping[str, Any], ...]
+    prefetch: Mapping[str, Any]
+
+
+def parse_json(body: bytes, *, max_depth: int = 64) -> Any:
+    """Decode a JSON body; InvalidRequest when it is not JSON or nests deeper than max_depth."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the body is not valid JSON ({exc.msg} at position {exc.pos})") from None
+    if _too_deep(data, max_depth):
+        raise InvalidRequest(f"the JSON nests deeper than {max_depth} levels")
+    return data
+
+
+def _too_deep(data: Any, limit: int) -> bool:
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def parse_request(data: Any, *, hook: str) -> HookRequest:
+    """Check the envelope of a call to a service of this hook and return it typed."""
+    if not isinstance(data, dict):
+        raise InvalidRequest("the body must be a JSON object (a CDS Hooks request)")
+    got = _string(data, "hook", required=True)
+    if got != hook:
+        raise InvalidRequest(f"this service answers the '{hook}' hook, not '{got}'", expression="hook")
+    context = data.get("context")
+    if not isinstance(context, dict):
+        raise InvalidRequest("context must be a JSON object", expression="context")
+    prefetch = data.get("prefetch", {})
+    if prefetch is None:
+        prefetch = {}
+    if not isinstance(prefetch, dict):
+        raise InvalidRequest("prefetch must be a JSON object", expression="prefetch")
+    return HookRequest(
+        hook=got,
+        hook_instance=_string(data, "hookInstance", required=True),
+        fhir_server=_fhir_server(data),
+        fhir_authorization=_fhir_authorization(data.get("fhirAuthorization")),
+        patient_id=_string(context, "patientId", required=True, at="context."),
+        user_id=_string(context, "userId", at="context."),
+        encounter_id=_string(context, "encounterId", at="context."),
+        selections=_selections(context.get("selections")),
+        draft_orders=_draft_orders(context.get("draftOrders")),
+        prefetch=prefetch,
+    )
+
+
+def _string(obj: Mapping[str, Any], key: str, *, required: bool = False, at: str = "") -> Any:
+    value = obj.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        what = "is required and must be a non-empty string" if value is None else "must be a non-empty string"
+        raise InvalidRequest(f"{at}{key} {what}", expression=at + key)
+    return value
+
+
+def _fhir_server(data: Mapping[str, Any]) -> str | None:
+    server = _string(data, "fhirServer")
+    if server is not None and not server.startswith(("https://", "http://")):
+        raise InvalidRequest("fhirServer must be an absolute http(s) URL", expression="fhirServer")
+    return server.rstrip("/") if server else None
+
+
+def _fhir_authorization(value: Any) -> FhirAuthorization | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest("fhirAuthorization must be a JSON object", expression="fhirAuthorization")
+    token = _string(value, "access_token", required=True, at="fhirAuthorization.")
+    token_type = _string(value, "token_type", at="fhirAuthorization.") or "Bearer"
+    if token_type.lower() != "bearer":
+        raise InvalidRequest("fhirAuthorization.token_type must be 'Bearer'", expression="fhirAuthorization.token_type")
+    return FhirAuthorization(
+        access_token=token,
+        token_type=token_type,
+        scope=_string(value, "scope", at="fhirAuthorization."),
+        subject=_string(value, "subject", at="fhirAuthorization."),
+    )
+
+
+def _selections(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest("context.selections must be an array of strings", expression="context.selections")
+    return tuple(value)
+
+
+def _draft_orders(value: Any) -> tuple[Mapping[str, Any], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise InvalidRequest("context.draftOrders must be a FHIR Bundle object", expression="context.draftOrders")
+    entries = value.get("entry", [])
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list):
+        raise InvalidRequest("context.draftOrders.entry must be an array", expression="context.draftOrders.entry")
+    resources = []
+    for n, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            raise InvalidRequest(
+                f"context.draftOrders.entry[{n}] must be an object with a resource",
+                expression=f"context.draftOrders.entry[{n}]",
+            )
+        resources.append(resource)
+    return tuple(resources)
+
+
+def dumps(value: Any) -> bytes:
+    """Encode a response body."""
+    return orjson.dumps(value)

@@ -1,0 +1,185 @@
+"""Cards: from a ``Decision`` and the card content in ``cards/`` to CDS Hooks 2.0 card JSON.
+
+Pure: no I/O, no clock. Optional members are left out rather than sent empty (CDS Hooks 2.0: never
+`null`, `""`, `[]` or `{}`), which ``compact`` enforces on the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from service.facts.model import Evidence
+from service.facts.model import Facts
+from service.facts.model import Finding
+from service.render import actions
+from service.rules.engine import Decision
+from service.rules.table import CardContent
+from service.rules.table import Modifier
+from service.rules.table import RuleTable
+from service.rules.table import Suggestion
+
+log = logging.getLogger(__name__)
+
+TOPIC_SYSTEM = "urn:lumbar-mri-cds:rule"  # source.topic: the rule id, the feedback and report key
+EVIDENCE_SHOWN = 3                        # evidence lines per finding before "and N more"
+RATING_WORDS = {
+    "appropriate": "appropriate",
+    "not-appropriate": "not appropriate",
+    "no-criteria-apply": "no criteria apply",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RenderedCard:
+    card: dict[str, Any]          # the card JSON
+    rule_id: str
+    suggestion_uuids: tuple[str, ...]
+
+
+def render_decision(decision: Decision, table: RuleTable) -> tuple[list[RenderedCard], dict[str, Any] | None]:
+    """The cards of one order (rating card first, then modifiers) and its rating systemAction."""
+    facts = decision.facts
+    rendered: list[RenderedCard] = []
+    rule = decision.rule
+    if rule is not None and rule.card:
+        content = table.cards[rule.id]
+        rendered.append(_card(content, decision, table, modifier=None, rating_card=True))
+    for modifier in decision.modifiers:
+        rendered.append(_card(table.cards[modifier.id], decision, table, modifier=modifier, rating_card=False))
+    system_action = None
+    if rule is not None and decision.rating is not None:
+        try:
+            system_action = actions.rating_action(facts.order, decision.rating, rule.id)
+        except actions.InvalidOrder as exc:
+            log.warning("no rating for %s: %s", facts.order.reference, exc)
+    return rendered, system_action
+
+
+def _card(content: CardContent, decision: Decision, table: RuleTable, *, modifier: Modifier | None, rating_card: bool) -> RenderedCard:
+    facts = decision.facts
+    prior = _prior_date(facts)
+    suggestions = [s for s in (_suggestion(s, decision, modifier) for s in content.suggestions) if s is not None]
+    lead = table.sources[content.cites[0]]
+    card: dict[str, Any] = {
+        "uuid": str(uuid.uuid4()),
+        "summary": content.summary.replace("{prior_date}", prior),
+        "detail": _detail(content, decision, table, rating_card=rating_card, prior=prior),
+        "indicator": content.indicator,
+        "source": {
+            "label": lead.label,
+            "url": lead.url,
+            "topic": {"system": TOPIC_SYSTEM, "code": content.id, "display": content.id.replace("-", " ")},
+        },
+        "links": [{"label": table.sources[k].label, "url": table.sources[k].url, "type": "absolute"} for k in content.cites],
+    }
+    if suggestions:
+        card["suggestions"] = suggestions
+        card["selectionBehavior"] = "at-most-one"
+    if content.override_reasons:
+        card["overrideReasons"] = [{"system": r.system, "code": r.code, "display": r.display} for r in table.override_reasons]
+    return RenderedCard(card=card, rule_id=content.id, suggestion_uuids=tuple(s["uuid"] for s in suggestions))
+
+
+def _suggestion(spec: Suggestion, decision: Decision, modifier: Modifier | None) -> dict[str, Any] | None:
+    facts = decision.facts
+    rule_id = decision.rule.id if decision.rule else "none"
+    rating = decision.rating if spec.rating == "same-as-order" else spec.rating
+    try:
+        match spec.action:
+            case "delete-order":
+                action = actions.delete_order(facts.order)
+            case "refer-physical-therapy":
+                action = actions.refer_physical_therapy(facts.order)
+            case "set-priority-stat":
+                if facts.order.priority in ("stat", "asap"):
+                    return None  # already urgent (decision-rules.md rule 1)
+                action = actions.set_priority_stat(facts.order, rating, rule_id)
+            case "replace-code":
+                code = (modifier.replace_with if modifier and modifier.replace_with else spec.code) or ""
+                display = (modifier.replace_display if modifier and modifier.replace_with else spec.display) or code
+                if code == facts.order.code:
+                    return None  # already the study the card proposes
+                action = actions.replace_code(facts.order, code, display, rating, rule_id)
+            case "add-reason":
+                action = actions.add_reason(facts.order, spec.reason or "")
+            case _:
+                return None
+    except (actions.InvalidOrder, KeyError) as exc:
+        log.warning("suggestion %s dropped for %s: %s", spec.key, facts.order.reference, exc)
+        return None
+    return {"label": spec.label, "uuid": str(uuid.uuid4()), "isRecommended": spec.recommended, "actions": [action]}
+
+
+def _prior_date(facts: Facts) -> str:
+    dates = [e.on for e in facts.findings.get(Finding.PRIOR_LUMBAR_MRI, ()) if e.on is not None]
+    return max(dates).isoformat() if dates else "an earlier date"
+
+
+def _detail(content: CardContent, decision: Decision, table: RuleTable, *, rating_card: bool, prior: str) -> str:
+    facts = decision.facts
+    parts = [content.verdict.replace("{prior_date}", prior)]
+    why = list(_why_lines(facts, table))
+    if why:
+        parts.append("**Why**\n\n" + "\n".join(why))
+    if rating_card and decision.rating != "appropriate":
+        absent = [label.looked_for for key, label in table.findings.items() if label.red_flag and not _present(facts, key)]
+        if absent:
+            parts.append("**Red flags looked for and not found:**\n\n" + "\n".join(f"- {a}" for a in absent))
+    if facts.unavailable:
+        parts.append(
+            "**Not available:** " + ", ".join(facts.unavailable)
+            + ". The verdict was reached without this data; a finding recorded there was not seen."
+        )
+    ordered = f"{facts.order.display or 'Lumbar spine MRI'} ({_code_label(facts.order.system)} {facts.order.code})"
+    rating = f" Rating recorded: **{RATING_WORDS[decision.rating]}**." if rating_card and decision.rating else ""
+    parts.append(f"**Ordered study:** {ordered}.{rating}\n\n**ACR rating:** {content.acr_rating}")
+    if content.advice:
+        parts.append(content.advice)
+    parts.append("Rule `" + content.id + "` · Sources: " + "; ".join(table.sources[k].label for k in content.cites))
+    return "\n\n".join(parts)
+
+
+def _present(facts: Facts, key: str) -> bool:
+    try:
+        return facts.has(Finding(key))
+    except ValueError:
+        return False
+
+
+def _why_lines(facts: Facts, table: RuleTable) -> Iterable[str]:
+    if facts.age is not None:
+        yield f"- Age {facts.age}" + (f", {facts.sex}" if facts.sex else "")
+    if facts.has(Finding.BACK_PAIN):
+        if facts.episode_start is not None:
+            yield f"- Current back pain episode since {facts.episode_start.isoformat()} ({facts.episode_days} days)"
+        else:
+            yield "- Current back pain episode of unknown duration (no dated diagnosis)"
+    for key, label in table.findings.items():
+        evidence = facts.findings.get(Finding(key)) if key in Finding._value2member_map_ else None
+        if evidence:
+            yield f"- {label.label}: {_evidence_text(evidence)}"
+
+
+def _evidence_text(evidence: tuple[Evidence, ...]) -> str:
+    shown = [f"{e.text} ({e.reference}{', ' + e.on.isoformat() if e.on else ''})" for e in evidence[:EVIDENCE_SHOWN]]
+    more = len(evidence) - EVIDENCE_SHOWN
+    return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def _code_label(system: str) -> str:
+    return {actions.CPT: "CPT", "urn:oid:2.16.840.1.113883.6.12": "CPT", "http://loinc.org": "LOINC", actions.SNOMED: "SNOMED CT"}.get(system, system)
+
+
+def compact(value: Any) -> Any:
+    """Drop null, empty-string, empty-list and empty-object members, recursively."""
+    if isinstance(value, Mapping):
+        out = {k: compact(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v not in (None, "", [], {})}
+    if isinstance(value, list):
+        return [compact(v) for v in value if v not in (None, "", [], {})]
+    return value

@@ -1,0 +1,48 @@
+"""Serving under gunicorn (sync workers), in the foreground, from the `serve` command."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from service import config
+
+
+class _Server(BaseApplication):  # type: ignore[misc]
+    """A gunicorn application whose workers each build their own app from the same Settings."""
+
+    def __init__(self, settings: config.Settings, options: dict[str, Any]) -> None:
+        self.settings = settings
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from service.app import create_app
+
+        return create_app(self.settings)
+
+
+def run(settings: config.Settings, *, host: str, port: int, workers: int) -> None:
+    """Serve until SIGTERM or SIGINT (gunicorn's graceful shutdown)."""
+    # Check everything that can fail (card content, value sets, database, keys) in the master, so a
+    # bad configuration stops the command with a clear message instead of a crash loop of workers.
+    from service.app import build_services
+
+    build_services(settings).close()
+    options = {
+        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "workers": workers,
+        "worker_class": "sync",
+        "timeout": max(30, int(settings.limits.deadline_seconds * 4)),
+        "graceful_timeout": 10,
+        "accesslog": None,          # one structured line per request comes from the app instead
+        "errorlog": "-",
+        "loglevel": settings.log_level.lower(),
+        "proc_name": "lumbar-mri-cds",
+    }
+    _Server(settings, options).run()

@@ -1,0 +1,129 @@
+"""The database: engine creation and the schema, SQLite by default, PostgreSQL by URL.
+
+Every table of the service is declared on ``metadata`` (feedback and cards in store/, the seen-`jti`
+table in security/replay.py) and created at start-up by ``create_schema``. ``schema_version`` records
+the version so later changes can migrate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from service.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+# Every card the service issued (store/feedback.py): what feedback is checked against and what the
+# report counts. No patient identifier or clinical data: at most a salted SHA-256 of the patient id.
+# Times are UTC (SQLite keeps them as naive UTC text).
+cards = sa.Table(
+    "cards",
+    metadata,
+    sa.Column("card_uuid", sa.String(64), primary_key=True),
+    sa.Column("service_id", sa.String(64), nullable=False),
+    sa.Column("rule_id", sa.String(128), nullable=False),    # = source.topic.code
+    sa.Column("indicator", sa.String(16), nullable=False),
+    sa.Column("rating", sa.String(64), nullable=True),       # appropriateness rating, if any
+    sa.Column("hook_instance", sa.String(64), nullable=False),
+    sa.Column("issuer", sa.String(512), nullable=False),     # JWT `iss` of the call
+    sa.Column("tenant", sa.String(256), nullable=True),      # JWT `tenant`, if any
+    sa.Column("patient_hash", sa.String(64), nullable=True),  # sha256(salt + patient id), hex
+    sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_cards_issued_at", "issued_at"),
+)
+
+card_suggestions = sa.Table(
+    "card_suggestions",
+    metadata,
+    sa.Column("card_uuid", sa.String(64), sa.ForeignKey("cards.card_uuid"), primary_key=True),
+    sa.Column("suggestion_uuid", sa.String(64), primary_key=True),
+)
+
+# Feedback items as received (CDS Hooks 2.0 feedback endpoint). `dedup_key` is a SHA-256 of the
+# normalized item, so a client that repeats the same feedback (a retry) stores it once.
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("card_uuid", sa.String(64), sa.ForeignKey("cards.card_uuid"), nullable=False, index=True),
+    sa.Column("service_id", sa.String(64), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),     # accepted | overridden
+    sa.Column("accepted_suggestions", sa.Text, nullable=False),  # JSON array of suggestion uuids
+    sa.Column("override_code", sa.String(256), nullable=True),
+    sa.Column("override_system", sa.String(1024), nullable=True),
+    sa.Column("override_display", sa.String(1024), nullable=True),
+    sa.Column("user_comment", sa.String(2000), nullable=True),   # free text: never logged
+    sa.Column("outcome_timestamp", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("dedup_key", sa.String(64), nullable=False, unique=True),
+)
+
+
+def create_engine(database_url: str) -> sa.Engine:
+    """An engine for this URL; SQLite gets WAL and a busy timeout so several workers can share it."""
+    # hide_parameters: SQLAlchemy's error messages would otherwise quote the bound values (feedback
+    # comments, patient hashes, token ids) into logs and tracebacks.
+    url = database_url
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]  # psycopg 3, not psycopg2
+    try:
+        if url.startswith("sqlite"):
+            engine = sa.create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+            return engine
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, hide_parameters=True)
+    except (sa.exc.ArgumentError, ImportError, ValueError) as exc:
+        raise ConfigError(f"database_url is not usable: {exc}") from None
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")    # readers never block the writer
+    cursor.execute("PRAGMA synchronous=FULL")    # a 200 means committed, even on power loss
+    cursor.execute("PRAGMA busy_timeout=30000")  # wait for another worker's write instead of failing
+    cursor.close()
+
+
+_SCHEMA_LOCK_KEY = 0x6C6D6364  # "lmcd": any constant shared by every worker of this service
+
+
+def create_schema(engine: sa.Engine) -> None:
+    """Create missing tables and record the schema version (idempotent, safe across workers)."""
+    if engine.url.get_backend_name() == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        from pathlib import Path
+
+        Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _create_schema_once(engine)
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+        # Several workers starting at once: another one created a table (or the version row)
+        # between our existence check and our CREATE. Its work is committed now; check again.
+        _create_schema_once(engine)
+
+
+def _create_schema_once(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # PostgreSQL DDL is transactional: this lock makes concurrent starts run one after the
+            # other, so the second sees the first one's tables (released at commit).
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+        elif conn.dialect.name == "sqlite":
+            # The same for SQLite: take the write lock first (waits for busy_timeout), so checking
+            # and creating happen in one transaction; Python's sqlite3 would not begin one for DDL.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        metadata.create_all(conn, checkfirst=True)
+        present = conn.execute(sa.select(schema_version.c.version)).scalars().all()
+        if SCHEMA_VERSION not in present:
+            conn.execute(sa.insert(schema_version).values(version=SCHEMA_VERSION))
+

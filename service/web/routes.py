@@ -1,0 +1,144 @@
+"""HTTP routes: discovery, the hook services, health. Feedback and CORS register themselves."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from collections.abc import Mapping
+from datetime import date
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from flask import Flask
+from flask import Response
+from flask import current_app
+from flask import request
+
+from service import app as app_module
+from service.errors import InvalidRequest
+from service.errors import StoreUnavailable
+from service.errors import UnknownService
+from service.intake import envelope
+from service.intake import fhir_client
+from service.pipeline import SERVICES
+from service.security.jwt import Claims
+from service.store.feedback import IssuedCard
+from service.web import auth
+from service.web import cors
+from service.web import feedback
+
+log = logging.getLogger(__name__)
+
+
+def register(app: Flask) -> None:
+    """Add every route to the app."""
+    app.add_url_rule("/cds-services", "discovery", discovery, methods=["GET"])
+    app.add_url_rule("/cds-services/<service_id>", "hook", call_service, methods=["POST"])
+    app.add_url_rule("/healthz", "healthz", healthz, methods=["GET"])
+    app.add_url_rule("/readyz", "readyz", readyz, methods=["GET"])
+    feedback.register(app)
+    cors.register(app)
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(value), status=status, mimetype="application/json")
+
+
+def discovery() -> Response:
+    """GET /cds-services: the two services and their prefetch templates (no token needed)."""
+    services = app_module.services_of(current_app)
+    templates = services.evaluator.templates
+    return _json({
+        "services": [
+            {"hook": s.hook, "id": s.id, "title": s.title, "description": s.description, "prefetch": templates}
+            for s in SERVICES.values()
+        ]
+    })
+
+
+def call_service(service_id: str) -> Response:
+    """POST /cds-services/{id}: verify, parse, evaluate, record, answer."""
+    started = time.monotonic()
+    spec = SERVICES.get(service_id)
+    if spec is None:
+        raise UnknownService(f"no CDS service with id {service_id!r}; see GET /cds-services")
+    services = app_module.services_of(current_app)
+    claims = auth.authenticate(services)
+    if not request.is_json:
+        raise _UnsupportedMedia()
+    data = envelope.parse_json(request.get_data(cache=False), max_depth=services.settings.limits.max_json_depth)
+    hook_request = envelope.parse_request(data, hook=spec.hook)
+    evaluation = services.evaluator.evaluate(hook_request, date.today(), _fetcher(services, hook_request, claims, started))
+    if evaluation.cards:
+        services.recorder.record_cards([
+            IssuedCard(
+                card_uuid=c.card["uuid"],
+                suggestion_uuids=c.suggestion_uuids,
+                service_id=spec.id,
+                rule_id=c.rule_id,
+                indicator=c.card["indicator"],
+                rating=evaluation.ratings.get(c.rule_id),
+                hook_instance=hook_request.hook_instance,
+                issuer=claims.iss,
+                tenant=claims.tenant,
+                patient_id=hook_request.patient_id,
+            )
+            for c in evaluation.cards
+        ])
+    return _json(evaluation.response)
+
+
+class _UnsupportedMedia(InvalidRequest):
+    status = 415
+    issue_code = "not-supported"
+
+    def __init__(self) -> None:
+        super().__init__("the body must be JSON (Content-Type: application/json)")
+
+
+# Time kept back from the request deadline for evaluating and answering after the FHIR reads.
+DEADLINE_MARGIN_SECONDS = 0.2
+
+
+def _fetcher(services: Any, hook_request: envelope.HookRequest, claims: Claims, started: float) -> Callable[..., Any] | None:
+    """A fetch function for what prefetch lacks, or None when the FHIR server may not be asked."""
+    base = hook_request.fhir_server
+    if base is None:
+        return None
+    issuer = claims.issuer
+    allowed = None if issuer.any_fhir_server else issuer.fhir_servers
+    token = hook_request.fhir_authorization.access_token if hook_request.fhir_authorization else None
+    if not fhir_client.base_allowed(base, allowed):
+        log.warning("fhirServer not allowed for issuer %s; not contacted", issuer.iss)
+
+        def refuse(queries: Mapping[str, str], _partial: Any) -> fhir_client.FetchResult:
+            reason = "fhirServer is not one this EHR's issuer is trusted for; it was not contacted"
+            return fhir_client.FetchResult(resources={}, failures={k: reason for k in queries}, requests_made=0)
+
+        return refuse
+
+    def fetch(queries: Mapping[str, str], partial: Any) -> fhir_client.FetchResult:
+        deadline = started + services.settings.limits.deadline_seconds - DEADLINE_MARGIN_SECONDS
+        return services.fetcher.fetch(
+            base=base, access_token=token, queries=queries, continue_from=partial, deadline=deadline
+        )
+
+    return fetch
+
+
+def healthz() -> Response:
+    """Liveness: the process answers."""
+    return _json({"status": "ok"})
+
+
+def readyz() -> Response:
+    """Readiness: the store answers a query."""
+    services = app_module.services_of(current_app)
+    try:
+        with services.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.SQLAlchemyError as exc:
+        raise StoreUnavailable(f"the store is not reachable ({type(exc).__name__})") from None
+    return _json({"status": "ready"})
