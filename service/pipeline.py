@@ -119,5 +119,5 @@ class Evaluator:
             # 2.0's top-level systemActions, and the copy the sandbox's PAMA screen reads.
             response["systemActions"] = system_actions
             response["extension"] = {"systemActions": system_actions}
-        evaluation.response = render.compact(response)
+        evaluation.response = {"cards": [], **render.compact(response)}  # `cards` is required, even empty
         return evaluation

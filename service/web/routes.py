@@ -111,9 +111,9 @@ def _fetcher(services: Any, hook_request: envelope.HookRequest, claims: Claims, 
     allowed = None if issuer.any_fhir_server else issuer.fhir_servers
     token = hook_request.fhir_authorization.access_token if hook_request.fhir_authorization else None
     if not fhir_client.base_allowed(base, allowed):
-        log.warning("fhirServer not allowed for issuer %s; not contacted", issuer.iss)
 
         def refuse(queries: Mapping[str, str], _partial: Any) -> fhir_client.FetchResult:
+            log.warning("fhirServer not allowed for issuer %s; not contacted", issuer.iss)
             reason = "fhirServer is not one this EHR's issuer is trusted for; it was not contacted"
             return fhir_client.FetchResult(resources={}, failures={k: reason for k in queries}, requests_made=0)
 

@@ -1,0 +1,86 @@
+"""The `lumbar-mri-cds` command: evaluate on every fixture, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from service import cli
+from tests import fhir
+
+AS_OF = fhir.AS_OF.isoformat()
+
+# fixture -> a line `evaluate` must print (the verdict of the rule the story is about)
+STORIES = [
+    ("cauda-equina", "rule: cauda-equina"),
+    ("suspected-cancer-infection", "rule: suspected-cancer-infection"),
+    ("fever-infection-risk", "rule: suspected-cancer-infection"),
+    ("prior-lumbar-surgery", "rule: prior-lumbar-surgery"),
+    ("fracture-risk", "rule: fracture-risk"),
+    ("trauma-ct-first", "rule: trauma-ct-first"),
+    ("persistent-after-conservative-care", "rule: persistent-after-conservative-care"),
+    ("acute-uncomplicated", "rule: acute-uncomplicated"),
+    ("no-conservative-trial", "rule: no-conservative-trial"),
+    ("no-indication", "rule: no-indication"),
+    ("no-criteria-apply", "Rating: ServiceRequest/example-request-id = no-criteria-apply"),
+    ("pregnancy-contrast", "rule: pregnancy-contrast"),
+    ("contrast-choice", "rule: contrast-choice"),
+    ("repeat-imaging", "rule: repeat-imaging"),
+    ("child", "No cards (no card for this order)."),
+    ("sandbox-empty-order", "No cards (no lumbar MRI order to review)."),
+]
+
+
+def run(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+@pytest.mark.parametrize(("name", "line"), STORIES)
+def test_evaluate_prints_the_card_the_rule_promises(capsys, name, line):
+    code, out, _ = run(capsys, "evaluate", str(fhir.FIXTURES / "requests" / f"{name}.json"), "--today", AS_OF)
+    assert code == 0
+    assert line in out
+
+
+def test_evaluate_json_is_the_raw_response(capsys):
+    code, out, _ = run(capsys, "evaluate", str(fhir.FIXTURES / "requests" / "acute-uncomplicated.json"), "--today", AS_OF, "--json")
+    assert code == 0
+    body = json.loads(out)
+    assert body["cards"][0]["source"]["topic"]["code"] == "acute-uncomplicated"
+    assert body["systemActions"] == body["extension"]["systemActions"]
+
+
+def test_evaluate_a_malformed_request_exits_3(capsys, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"hook": "order-select", "context": {}}')
+    code, _, err = run(capsys, "evaluate", str(bad))
+    assert code == 3
+    assert "hookInstance" in err
+
+
+def test_evaluate_without_required_prefetch_exits_4(capsys, tmp_path):
+    request = fhir.load_request("acute-uncomplicated")
+    del request["prefetch"]["conditions"]
+    path = tmp_path / "partial.json"
+    path.write_text(json.dumps(request))
+    code, _, err = run(capsys, "evaluate", str(path))
+    assert code == 4
+    assert "conditions" in err
+
+
+def test_a_bad_configuration_exits_2(capsys, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("profile = 'staging'\n")
+    code, _, err = run(capsys, "serve", "--config", str(config))
+    assert code == 2
+    assert "profile must be" in err
+
+
+def test_help_exits_0(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    assert "evaluate" in out and "serve" in out

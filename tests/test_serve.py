@@ -1,0 +1,90 @@
+"""End to end through a real `lumbar-mri-cds serve` process (gunicorn, 2 workers, real HTTP)."""
+
+from __future__ import annotations
+
+import signal
+from datetime import date
+
+import pytest
+import requests
+
+from tests import fhir
+from tests.conftest import ISSUER
+from tests.serving import free_port
+from tests.serving import serving
+from tests.serving import write_config
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, jwks_file):
+    port = free_port()
+    directory = tmp_path_factory.mktemp("serve")
+    config = write_config(directory, port=port, jwks_file=jwks_file, issuer=ISSUER)
+    with serving(config, port) as process:
+        yield f"http://127.0.0.1:{port}", process
+
+
+def call(base, signer, path, body, **extra):
+    token = signer.token(path, aud=base + path)
+    return requests.post(base + path, json=body, headers={"Authorization": f"Bearer {token}", **extra}, timeout=10)
+
+
+@pytest.mark.parametrize(("name", "rules"), [
+    ("acute-uncomplicated", ["acute-uncomplicated"]),
+    ("cauda-equina", ["cauda-equina"]),
+    ("trauma-ct-first", ["trauma-ct-first"]),
+    ("pregnancy-contrast", ["acute-uncomplicated", "pregnancy-contrast"]),
+])
+def test_fixture_over_real_http(server, signer, name, rules):
+    base, _ = server
+    response = call(base, signer, "/cds-services/order-select", fhir.load_request(name, shift_to=date.today()))
+    assert response.status_code == 200
+    assert [c["source"]["topic"]["code"] for c in response.json()["cards"]] == rules
+
+
+@pytest.mark.parametrize("name", ["sandbox-empty-order", "sandbox-medication-order", "sandbox-dstu2-medication-order", "sandbox-no-draft-orders"])
+def test_sandbox_shapes_over_real_http(server, signer, name):
+    base, _ = server
+    response = call(base, signer, "/cds-services/order-select", fhir.load_request(name), Origin="https://sandbox.cds-hooks.org")
+    assert response.status_code == 200
+    assert response.json() == {"cards": []}
+
+
+def test_discovery_and_token_checks_over_real_http(server, signer):
+    base, _ = server
+    assert requests.get(base + "/cds-services", timeout=5).status_code == 200
+    body = fhir.load_request("acute-uncomplicated", shift_to=date.today())
+    assert requests.post(base + "/cds-services/order-select", json=body, timeout=5).status_code == 401
+    # a token for another URL (aud) is refused
+    token = signer.token("/cds-services/order-sign", aud=base + "/cds-services/order-sign")
+    response = requests.post(base + "/cds-services/order-select", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert response.status_code == 401
+
+
+def test_garbage_gets_a_clean_error_not_a_500(server, signer):
+    base, _ = server
+    path = "/cds-services/order-select"
+    token = signer.token(path, aud=base + path)
+    response = requests.post(base + path, data=b"\xff\xfe{", headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, timeout=5)
+    assert response.status_code == 400
+    assert response.json()["resourceType"] == "OperationOutcome"
+    assert "Traceback" not in response.text
+
+
+def test_sigterm_stops_the_server_cleanly(tmp_path, jwks_file):
+    port = free_port()
+    config = write_config(tmp_path, port=port, jwks_file=jwks_file, issuer=ISSUER)
+    with serving(config, port, workers=1) as process:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+
+
+def test_serve_refuses_a_bad_configuration(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "bad.toml"
+    config.write_text('profile = "production"\n')  # no issuers
+    result = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--config", str(config)], capture_output=True, timeout=60)
+    assert result.returncode == 2
+    assert b"at least one [[issuers]]" in result.stderr
