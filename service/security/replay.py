@@ -1,0 +1,94 @@
+"""The `jti` values already seen, so a captured token cannot be played again.
+
+Every gunicorn worker has its own app, so the set lives in the store, not in memory (style.md 3.5).
+The primary key (iss, jti) makes the check atomic across processes: the first worker to insert a pair
+wins, any other gets an integrity error, which means a replay. A row is kept until the token it
+belongs to has expired (its ``exp`` plus the clock leeway), after which the token fails its ``exp``
+check anyway; such rows are deleted every ``PRUNE_EVERY`` calls.
+
+The `jti` is stored as its SHA-256, so the key has a fixed size whatever the EHR sends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from service import errors
+from service.store import schema
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY = 1000  # calls between deletions of expired rows (per worker)
+
+seen_tokens = sa.Table(
+    "seen_tokens",
+    schema.metadata,
+    sa.Column("iss", sa.String(500), primary_key=True),       # the configured issuer
+    sa.Column("jti_sha256", sa.String(64), primary_key=True),  # hex SHA-256 of the token's jti
+    sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),  # epoch s: exp + leeway
+)
+
+
+class ReplayCache:
+    """Remembers (iss, jti) pairs until their tokens expire, in the shared store."""
+
+    def __init__(self, engine: sa.Engine, *, clock: Callable[[], float] = time.time) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._calls = itertools.count(1)
+
+    def check_and_remember(self, iss: str, jti: str, expires_at: int) -> bool:
+        """True when this (iss, jti) is new (and now remembered), False when it was seen before."""
+        digest = hashlib.sha256(jti.encode("utf-8")).hexdigest()
+        if next(self._calls) % PRUNE_EVERY == 0:
+            self.prune()
+        try:
+            if self._insert(iss, digest, expires_at):
+                return True
+            # Seen: but a row whose token has expired is only waiting to be pruned, so a token
+            # reusing that jti is new. Delete it and try once more; a concurrent worker doing
+            # the same gets the integrity error again.
+            if self._delete_expired(iss, digest):
+                return self._insert(iss, digest, expires_at)
+            return False
+        except sa.exc.SQLAlchemyError as exc:
+            raise errors.StoreUnavailable(f"replay cache: {type(exc).__name__}") from exc
+
+    def prune(self) -> int:
+        """Delete the rows of expired tokens; the number deleted."""
+        try:
+            with self._engine.begin() as conn:
+                result = conn.execute(sa.delete(seen_tokens).where(seen_tokens.c.expires_at < self._now()))
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("replay cache: pruning failed: %s", type(exc).__name__)
+            return 0
+        log.debug("replay cache: %d expired rows pruned", result.rowcount)
+        return result.rowcount
+
+    def _insert(self, iss: str, digest: str, expires_at: int) -> bool:
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(sa.insert(seen_tokens).values(iss=iss, jti_sha256=digest, expires_at=expires_at))
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def _delete_expired(self, iss: str, digest: str) -> bool:
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                sa.delete(seen_tokens).where(
+                    seen_tokens.c.iss == iss,
+                    seen_tokens.c.jti_sha256 == digest,
+                    seen_tokens.c.expires_at < self._now(),
+                )
+            )
+        return result.rowcount > 0
+
+    def _now(self) -> int:
+        return int(self._clock())

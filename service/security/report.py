@@ -1,0 +1,117 @@
+"""``lumbar-mri-cds check-config``: validate a configuration and say what it would trust.
+
+``describe`` is ``load_settings`` plus a printout (style.md 3.4): the profile, the audience, every
+issuer with where its keys come from and whether they load, the FHIR bases its access tokens may go
+to, its tenants, the CORS origins, the database (password masked) and every warning. Exit codes: 0 the
+configuration is usable; 2 it is not (``ConfigError``, message on stderr); 1 it is valid but a JWKS
+fetched with ``--fetch`` could not be used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+import sqlalchemy as sa
+
+from service import errors
+from service.config import IssuerSettings
+from service.config import Profile
+from service.config import Settings
+from service.config import config_path
+from service.config import load_settings
+from service.security import keys
+
+
+def describe(settings: Settings, *, fetch: bool = False) -> tuple[list[str], list[str]]:
+    """The report's lines and the problems found; raises ConfigError when a jwks_file is unusable."""
+    store = keys.KeyStore(settings.issuers, refuse_published_keys=settings.profile is Profile.PRODUCTION)
+    try:
+        lines = [
+            f"configuration: {settings.source or '(none: built-in defaults and environment)'}",
+            f"profile: {settings.profile}",
+            f"public_base_url: {_audience(settings)}",
+            f"database: {mask_database_url(settings.database_url)}",
+            f"CORS origins: {_origins(settings)}",
+            f"issuers ({len(settings.issuers)}):",
+        ]
+        problems: list[str] = []
+        for issuer in settings.issuers:
+            lines += _issuer_lines(issuer, store, fetch, problems)
+    finally:
+        store.close()
+    lines.append("warnings:" if settings.warnings() else "warnings: none")
+    lines += [f"  - {note}" for note in settings.warnings()]
+    return lines, problems
+
+
+def mask_database_url(url: str) -> str:
+    """The database URL with its password replaced by ***."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(not a valid database URL)"
+
+
+def _audience(settings: Settings) -> str:
+    if settings.public_base_url is None:
+        return "(none: `aud` is checked against the URL each request reached; development only)"
+    return f"{settings.public_base_url}  (JWT aud = this + the path called, e.g. /cds-services/<id>)"
+
+
+def _origins(settings: Settings) -> str:
+    if settings.cors.any_origin:
+        return "any origin (*)"
+    return ", ".join(settings.cors.allow_origins) or "none (browser-based clients cannot call)"
+
+
+def _issuer_lines(issuer: IssuerSettings, store: keys.KeyStore, fetch: bool, problems: list[str]) -> list[str]:
+    lines = [f"  - iss: {issuer.iss}"]
+    if issuer.jwks_file is not None:
+        key_set = store.key_set(issuer)
+        kids = ", ".join(key_set.kids) if key_set else "?"
+        lines.append(f"    keys: jwks_file {issuer.jwks_file}: loaded, kid {kids}")
+        lines.append("    a token carrying a jku is refused (set jwks_url instead to accept that jku)")
+    elif fetch:
+        try:
+            key_set = store.key_set(issuer, fetch=True)
+            kids = ", ".join(key_set.kids) if key_set else "?"
+            lines.append(f"    keys: jwks_url {issuer.jwks_url}: fetched, kid {kids}")
+        except errors.NotAuthenticated as exc:
+            lines.append(f"    keys: jwks_url {issuer.jwks_url}: FAILED: {exc.message}")
+            problems.append(f"issuer {issuer.iss}: {exc.message}")
+    else:
+        lines.append(f"    keys: jwks_url {issuer.jwks_url} (fetched on first use; not fetched now, see --fetch)")
+        lines.append(f"    a token's jku is honoured only if it is exactly {issuer.jwks_url}")
+    if issuer.any_fhir_server:
+        lines.append("    FHIR servers its access tokens may go to: any (development)")
+    else:
+        lines.append(f"    FHIR servers its access tokens may go to: {', '.join(issuer.fhir_servers) or 'none'}")
+    lines.append(f"    tenants: {', '.join(issuer.tenants) or '(not checked)'}")
+    return lines
+
+
+@click.command("check-config")
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+    help="Configuration file (default: $LUMBAR_MRI_CDS_CONFIG, else the development profile).",
+)
+@click.option("--fetch", is_flag=True, help="Also fetch every jwks_url and list its keys.")
+@click.pass_context
+def check_config(ctx: click.Context, config_file: Path | None, fetch: bool) -> None:
+    """Validate a configuration and say what it would trust."""
+    try:
+        if config_file is None and isinstance(ctx.obj, Settings):
+            settings = ctx.obj  # built once by the command group
+        else:
+            settings = load_settings(config_file or config_path(os.environ), os.environ)
+        lines, problems = describe(settings, fetch=fetch)
+    except errors.ConfigError as exc:
+        click.echo(f"invalid configuration: {exc}", err=True)
+        ctx.exit(errors.ConfigError.exit_code)
+    click.echo("\n".join(lines))
+    if problems:
+        click.echo("\n".join(f"problem: {p}" for p in problems), err=True)
+        ctx.exit(1)
+    click.echo("configuration OK")

@@ -1,0 +1,131 @@
+"""ReplayCache: a jti is accepted once per issuer, across workers, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+import sqlalchemy as sa
+
+from service import errors
+from service.security import replay
+from service.security.replay import ReplayCache
+from service.security.replay import seen_tokens
+from service.store import schema
+from tests.store import databases
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=databases.KINDS)
+def database_url(request, tmp_path):
+    """A fresh SQLite file, or a fresh schema on the test PostgreSQL (tests/store/databases.py)."""
+    with databases.database(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def make_cache(database_url):
+    engines = []
+
+    def make(clock=None) -> ReplayCache:
+        engine = schema.create_engine(database_url)
+        schema.create_schema(engine)
+        engines.append(engine)
+        return ReplayCache(engine, clock=clock) if clock else ReplayCache(engine)
+
+    yield make
+    for engine in engines:
+        engine.dispose()
+
+
+def rows(cache: ReplayCache) -> int:
+    with cache._engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(seen_tokens)).scalar_one()
+
+
+def test_new_then_seen(make_cache):
+    cache = make_cache()
+    exp = 2_000_000_000
+    assert cache.check_and_remember("https://ehr.example.org", "a", exp) is True
+    assert cache.check_and_remember("https://ehr.example.org", "a", exp) is False
+    assert cache.check_and_remember("https://ehr.example.org", "b", exp) is True
+    assert cache.check_and_remember("https://other.example.org", "a", exp) is True
+
+
+def test_two_workers_share_what_they_have_seen(make_cache):
+    first, second = make_cache(), make_cache()
+    assert first.check_and_remember("iss", "jti-1", 2_000_000_000) is True
+    assert second.check_and_remember("iss", "jti-1", 2_000_000_000) is False
+
+
+def test_long_and_odd_jti_values(make_cache):
+    cache = make_cache()
+    for jti in ("x" * 10_000, "ünïcödé", "'; DROP TABLE seen_tokens; --", " "):
+        assert cache.check_and_remember("iss", jti, 2_000_000_000) is True
+        assert cache.check_and_remember("iss", jti, 2_000_000_000) is False
+
+
+def test_expired_row_does_not_block_a_new_token(make_cache):
+    clock = Clock()
+    cache = make_cache(clock)
+    assert cache.check_and_remember("iss", "j", int(clock.now) + 300) is True
+    clock.now += 301
+    assert cache.check_and_remember("iss", "j", int(clock.now) + 300) is True
+    assert cache.check_and_remember("iss", "j", int(clock.now) + 300) is False
+
+
+def test_prune_deletes_expired_rows_only(make_cache):
+    clock = Clock()
+    cache = make_cache(clock)
+    now = int(clock.now)
+    for n, exp in enumerate([now - 10, now - 1, now + 1, now + 300]):
+        cache.check_and_remember("iss", f"j{n}", exp)
+    assert cache.prune() == 2
+    assert rows(cache) == 2
+
+
+def test_prunes_every_so_many_calls(make_cache, monkeypatch):
+    monkeypatch.setattr(replay, "PRUNE_EVERY", 5)
+    clock = Clock()
+    cache = make_cache(clock)
+    for n in range(4):
+        cache.check_and_remember("iss", f"old{n}", int(clock.now) + 10)
+    clock.now += 60
+    assert rows(cache) == 4
+    cache.check_and_remember("iss", "new", int(clock.now) + 10)  # the 5th call prunes first
+    assert rows(cache) == 1
+
+
+def test_store_failure_is_store_unavailable(tmp_path):
+    engine = schema.create_engine(f"sqlite:///{tmp_path / 'empty.db'}")  # no schema created
+    with pytest.raises(errors.StoreUnavailable, match="replay cache"):
+        ReplayCache(engine).check_and_remember("iss", "j", 2_000_000_000)
+    engine.dispose()
+
+
+def _race(url: str, jtis: list[str], results) -> None:
+    engine = schema.create_engine(url)
+    cache = ReplayCache(engine)
+    results.put(sum(cache.check_and_remember("iss", jti, 2_000_000_000) for jti in jtis))
+    engine.dispose()
+
+
+def test_concurrent_worker_processes_accept_each_jti_once(database_url, make_cache):
+    make_cache()  # creates the schema
+    jtis = [f"race-{n}" for n in range(50)]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_race, args=(database_url, jtis, results)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    accepted = sum(results.get(timeout=60) for _ in workers)
+    for w in workers:
+        w.join(timeout=60)
+    assert accepted == len(jtis)
