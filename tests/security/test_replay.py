@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import uuid
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -12,7 +15,6 @@ from service.security import replay
 from service.security.replay import ReplayCache
 from service.security.replay import seen_tokens
 from service.store import schema
-from tests.store import databases
 
 
 class Clock:
@@ -23,11 +25,28 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=databases.KINDS)
+# The test PostgreSQL, as in tests/store/: trust auth at 127.0.0.1:5432, database `test`.
+POSTGRES_URL = os.environ.get("LUMBAR_MRI_CDS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path):
-    """A fresh SQLite file, or a fresh schema on the test PostgreSQL (tests/store/databases.py)."""
-    with databases.database(request.param, tmp_path) as url:
-        yield url
+    """A fresh SQLite file, or a fresh schema on the test PostgreSQL (skipped if none answers)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'replay.db'}"
+        return
+    try:
+        admin = psycopg.connect(POSTGRES_URL, connect_timeout=3, autocommit=True)
+    except psycopg.OperationalError:
+        pytest.skip("PostgreSQL not reachable (set LUMBAR_MRI_CDS_TEST_POSTGRES)")
+    name = f"lmc_replay_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE SCHEMA "{name}"')
+        try:
+            separator = "&" if "?" in POSTGRES_URL else "?"
+            yield f"{POSTGRES_URL}{separator}options=-csearch_path%3D{name}"
+        finally:
+            admin.execute(f'DROP SCHEMA "{name}" CASCADE')
 
 
 @pytest.fixture
