@@ -1,0 +1,442 @@
+"""Fetch from the EHR's FHIR server what a hook request's prefetch lacks.
+
+``FhirFetcher.fetch`` runs one relative FHIR query per prefetch key, concurrently, and reports per key
+either the resources obtained or a reason the key could not be had. It never raises for a network or
+server problem and returns by the caller's deadline, so a slow EHR costs the card its data, not the
+clinician their order screen (cds-hooks-notes.md, "Latency").
+
+Safety rules kept here (cds-hooks-notes.md, "Security"; style.md 3.6):
+
+- the access token goes only to the requested base: redirects are not followed, and a ``next`` link
+  is followed only when it lies under that base;
+- no token, response body or URL is logged or put in a failure reason; logs carry key, host, status
+  and elapsed time only;
+- no cookies are kept, and no credentials are taken from the environment (``~/.netrc``).
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Mapping
+from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urljoin
+from urllib.parse import urlsplit
+
+import requests
+import requests.adapters
+import requests.auth
+import urllib3.exceptions
+
+log = logging.getLogger(__name__)
+
+_FHIR_JSON = "application/fhir+json"
+_DEADLINE_GRACE_SECONDS = 0.1  # lets a worker whose timeout was clipped to the deadline report its own reason
+_REASON_MAX_CHARS = 200
+_CHUNK_BYTES = 64 * 1024
+_READ_QUERY = re.compile(r"[A-Za-z]+/[A-Za-z0-9\-.]{1,64}")  # `Patient/123`: a read, not a search
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class FhirFetchError(Exception):
+    """One prefetch key could not be fetched; ``reason`` is safe to log (no token, no body)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key        # the prefetch key, e.g. "conditions"
+        self.reason = reason  # "timeout", "HTTP 401", "not found", ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchResult:
+    resources: Mapping[str, tuple[dict, ...]]  # prefetch key -> resources (Bundle entries flattened, or the one read)
+    failures: Mapping[str, str]                # prefetch key -> reason it could not be had
+    requests_made: int                         # HTTP requests sent, all keys and pages together
+
+
+def base_allowed(base: str, allowed: Sequence[str] | None) -> bool:
+    """Whether ``base`` is an http(s) FHIR base on the allowlist (``None``: any, for development)."""
+    origin = _normalized_base(base)
+    if origin is None:
+        return False
+    if allowed is None:
+        return True
+    return any(origin == _normalized_base(candidate) for candidate in allowed)
+
+
+class FhirFetcher:
+    """Runs FHIR reads and searches for missing prefetch keys; one per app (style.md 3.5)."""
+
+    def __init__(
+        self,
+        *,
+        timeout_seconds: float,
+        max_pages: int = 10,
+        max_bytes: int = 20_000_000,
+        max_workers: int = 8,
+    ) -> None:
+        if timeout_seconds <= 0 or max_pages < 1 or max_bytes < 1 or max_workers < 1:
+            raise ValueError("timeout_seconds, max_pages, max_bytes and max_workers must be positive")
+        self._timeout = timeout_seconds
+        self._max_pages = max_pages
+        self._max_bytes = max_bytes
+        self._max_workers = max_workers
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fhir-fetch")
+        self._sessions: dict[str, requests.Session] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def fetch(
+        self,
+        *,
+        base: str,
+        access_token: str | None,
+        queries: Mapping[str, str],
+        deadline: float | None = None,
+        continue_from: Mapping[str, tuple[tuple[dict, ...], str]] | None = None,
+    ) -> FetchResult:
+        """Fetch every key concurrently; a key in ``continue_from`` follows its next link instead of its query.
+
+        ``deadline`` is a ``time.monotonic()`` value; without one, the whole fetch is bounded by
+        ``timeout_seconds * max_pages``. Whatever has not finished by then fails with "timeout".
+        Each request is also bounded by ``timeout_seconds``; ``max_pages`` and ``max_bytes`` count
+        what this call fetches for a key (a continued prefetch's first page is not counted).
+        """
+        started = time.monotonic()
+        if deadline is None:
+            deadline = started + self._timeout * self._max_pages
+        continue_from = continue_from or {}
+        keys = list(dict.fromkeys([*queries, *continue_from]))
+        counter = _Counter()
+        if _normalized_base(base) is None:
+            return _result({}, {key: "invalid FHIR base" for key in keys}, counter)
+        session = self._session(base)
+        futures: dict[str, Future[tuple[dict, ...]]] = {}
+        for key in keys:
+            job = _Job(
+                key=key,
+                base=base.strip().rstrip("/"),
+                token=access_token,
+                query=queries.get(key),
+                continuation=continue_from.get(key),
+                deadline=deadline,
+            )
+            futures[key] = self._executor.submit(self._run, session, job, counter)
+        wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()) + _DEADLINE_GRACE_SECONDS)
+        resources: dict[str, tuple[dict, ...]] = {}
+        failures: dict[str, str] = {}
+        for key, future in futures.items():
+            if not future.done():
+                future.cancel()  # a queued job never starts; a running one is abandoned, its result ignored
+                failures[key] = "timeout"
+                continue
+            try:
+                resources[key] = future.result()
+            except FhirFetchError as exc:
+                failures[key] = exc.reason
+            except Exception:  # a bug of ours must cost one key, not the hook call
+                log.exception("fhir fetch key=%s failed unexpectedly", key)
+                failures[key] = "internal error"
+        return _result(resources, failures, counter)
+
+    def close(self) -> None:
+        """Stop the worker threads (abandoning any still running) and close pooled connections."""
+        with self._lock:
+            self._closed = True
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for session in sessions:
+            session.close()
+
+    def __enter__(self) -> FhirFetcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _session(self, base: str) -> requests.Session:
+        """The pooled session for this base, made once; it is only read afterwards, so threads share it."""
+        origin = _normalized_base(base)
+        assert origin is not None  # checked by the caller
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("FhirFetcher is closed")
+            session = self._sessions.get(origin)
+            if session is None:
+                session = _new_session(self._max_workers)
+                self._sessions[origin] = session
+            return session
+
+    def _run(self, session: requests.Session, job: _Job, counter: _Counter) -> tuple[dict, ...]:
+        """Fetch one key: a read, or a search followed through its next links."""
+        if job.continuation is not None:
+            collected, url = list(job.continuation[0]), job.continuation[1]
+        else:
+            query = job.query or ""
+            if not query or query.startswith("/") or "://" in query:
+                raise FhirFetchError(job.key, "invalid query")
+            collected, url = [], f"{job.base}/{query}"
+            if _READ_QUERY.fullmatch(query.split("?", 1)[0]):
+                return (self._read(session, job, url, counter),)
+        budget = _Budget(self._max_bytes)
+        for _ in range(self._max_pages):
+            url = _within_base(job, url)
+            bundle = self._get(session, job, url, counter, budget, read=False)
+            if bundle.get("resourceType") != "Bundle":
+                raise FhirFetchError(job.key, f"expected a Bundle, got {_kind(bundle)}")
+            collected.extend(_entries(job.key, bundle))
+            url = _next_link(bundle)
+            if url is None:
+                return tuple(collected)
+        raise FhirFetchError(job.key, "too many pages")
+
+    def _read(self, session: requests.Session, job: _Job, url: str, counter: _Counter) -> dict:
+        resource = self._get(session, job, url, counter, _Budget(self._max_bytes), read=True)
+        expected = job.query.split("/", 1)[0] if job.query else None
+        if resource.get("resourceType") != expected:
+            raise FhirFetchError(job.key, f"expected {expected}, got {_kind(resource)}")
+        return resource
+
+    def _get(
+        self,
+        session: requests.Session,
+        job: _Job,
+        url: str,
+        counter: _Counter,
+        budget: _Budget,
+        *,
+        read: bool,
+    ) -> dict:
+        """One GET: status checked, body read within the byte budget and the deadline, JSON parsed."""
+        remaining = min(self._timeout, job.deadline - time.monotonic())
+        if remaining <= 0:
+            raise FhirFetchError(job.key, "timeout")
+        headers = {"Accept": _FHIR_JSON}
+        if job.token:
+            headers["Authorization"] = f"Bearer {job.token}"
+        started = time.monotonic()
+        status: int | str = "-"
+        try:
+            counter.add()
+            with session.get(
+                url, headers=headers, timeout=(remaining, remaining), allow_redirects=False, stream=True
+            ) as response:
+                status = response.status_code
+                _check_status(job.key, response, read=read)
+                body = _read_body(job.key, response, budget, min(job.deadline, started + self._timeout))
+        except requests.RequestException as exc:
+            raise FhirFetchError(job.key, _network_reason(exc)) from exc
+        finally:
+            elapsed_ms = (time.monotonic() - started) * 1000
+            log.debug(
+                "fhir fetch key=%s host=%s status=%s elapsed_ms=%.0f",
+                job.key, urlsplit(url).hostname, status, elapsed_ms,
+            )
+        resource = _parse(job.key, body)
+        if resource.get("resourceType") == "OperationOutcome":
+            raise FhirFetchError(job.key, _outcome_reason(resource, job.token))
+        return resource
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Job:
+    key: str                                              # prefetch key
+    base: str                                             # FHIR base without trailing slash
+    token: str | None                                     # bearer token, or None for an open server
+    query: str | None                                     # relative query, e.g. "Condition?patient=1"
+    continuation: tuple[tuple[dict, ...], str] | None     # (resources in hand, next link) of a paged prefetch
+    deadline: float                                       # time.monotonic() by which to give up
+
+
+class _Counter:
+    """Requests sent during one fetch, counted from several threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def add(self) -> None:
+        with self._lock:
+            self.value += 1
+
+
+class _Budget:
+    """Bytes a key may still read, across all of its pages."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.remaining = max_bytes
+
+    def take(self, key: str, size: int) -> None:
+        self.remaining -= size
+        if self.remaining < 0:
+            raise FhirFetchError(key, "response too large")
+
+
+class _NoAuth(requests.auth.AuthBase):
+    """Stops requests from adding credentials from ~/.netrc when we send no token."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
+def _new_session(pool_size: int) -> requests.Session:
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.auth = _NoAuth()
+    # One session serves every user of this EHR: a cookie kept from one call must not ride on another.
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return session
+
+
+def _result(resources: dict[str, tuple[dict, ...]], failures: dict[str, str], counter: _Counter) -> FetchResult:
+    return FetchResult(
+        resources=MappingProxyType(resources),
+        failures=MappingProxyType(failures),
+        requests_made=counter.value,
+    )
+
+
+def _normalized_base(base: str) -> tuple[str, str, int, str] | None:
+    """(scheme, host, port, path without trailing slash), or None if not a plain http(s) base URL."""
+    try:
+        parts = urlsplit(base.strip())
+        port = parts.port
+    except (ValueError, AttributeError):
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        return None
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme], parts.path.rstrip("/")
+
+
+def _within_base(job: _Job, url: str) -> str:
+    """Resolve a next link against the base; refuse one that leaves it (it would carry the token)."""
+    absolute = urljoin(job.base + "/", url)
+    base = _normalized_base(job.base)
+    target = _normalized_base(absolute.split("?", 1)[0].split("#", 1)[0])
+    if base is None or target is None or target[:3] != base[:3]:
+        raise FhirFetchError(job.key, "next link outside the FHIR base")
+    if target[3] != base[3] and not target[3].startswith(base[3] + "/"):
+        raise FhirFetchError(job.key, "next link outside the FHIR base")
+    return absolute
+
+
+def _check_status(key: str, response: requests.Response, *, read: bool) -> None:
+    status = response.status_code
+    if 300 <= status < 400:
+        raise FhirFetchError(key, "redirect not followed")
+    if status == 404 and read:
+        raise FhirFetchError(key, "not found")
+    if not 200 <= status < 300:
+        raise FhirFetchError(key, f"HTTP {status}")
+
+
+def _read_body(key: str, response: requests.Response, budget: _Budget, give_up_at: float) -> bytes:
+    """Read the body in chunks, stopping at the byte budget or the time limit (a drip-fed body)."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > budget.remaining:
+        raise FhirFetchError(key, "response too large")
+    chunks = []
+    for chunk in response.iter_content(chunk_size=_CHUNK_BYTES):
+        budget.take(key, len(chunk))
+        chunks.append(chunk)
+        if time.monotonic() > give_up_at:
+            raise FhirFetchError(key, "timeout")
+    return b"".join(chunks)
+
+
+def _parse(key: str, body: bytes) -> dict:
+    try:
+        resource = json.loads(body)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise FhirFetchError(key, "unreadable body") from exc
+    if not isinstance(resource, dict):
+        raise FhirFetchError(key, "unreadable body")
+    return resource
+
+
+def _entries(key: str, bundle: dict) -> list[dict]:
+    """The resources of a Bundle page; an error-level search outcome entry fails the key.
+
+    Outcome entries of severity warning or information are dropped, not failed: servers use them to
+    say "no match" on a successful, empty search (the R4 spec's own bundle-search-warning example).
+    """
+    out = []
+    for entry in bundle.get("entry") or ():
+        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+            continue
+        resource = entry["resource"]
+        is_outcome = (entry.get("search") or {}).get("mode") == "outcome"
+        if is_outcome or resource.get("resourceType") == "OperationOutcome":
+            if is_outcome and _has_error(resource):
+                raise FhirFetchError(key, _outcome_reason(resource, None))
+            continue
+        out.append(resource)
+    return out
+
+
+def _next_link(bundle: dict) -> str | None:
+    for link in bundle.get("link") or ():
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return link["url"]
+    return None
+
+
+def _has_error(outcome: dict) -> bool:
+    issues = outcome.get("issue") or ()
+    return any(isinstance(i, dict) and i.get("severity") in ("error", "fatal") for i in issues)
+
+
+def _outcome_reason(outcome: dict, token: str | None) -> str:
+    """"OperationOutcome: <diagnostics>", trimmed, whitespace folded, the token masked if echoed."""
+    texts = []
+    for issue in outcome.get("issue") or ():
+        if isinstance(issue, dict):
+            text = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code")
+            if isinstance(text, str):
+                texts.append(text)
+    detail = " ".join("; ".join(texts).split()) or "no diagnostics"
+    if token:
+        detail = detail.replace(token, "***")
+    if len(detail) > _REASON_MAX_CHARS:
+        detail = detail[: _REASON_MAX_CHARS - 1] + "…"
+    return f"OperationOutcome: {detail}"
+
+
+def _network_reason(exc: requests.RequestException) -> str:
+    """A short, body-free reason for a requests exception (its message may hold the URL)."""
+    if isinstance(exc, requests.Timeout):
+        return "timeout"
+    cause = exc.args[0] if exc.args else None
+    # A read timeout while streaming the body surfaces as ConnectionError(ReadTimeoutError).
+    if isinstance(exc, requests.ConnectionError) and isinstance(cause, urllib3.exceptions.ReadTimeoutError):
+        return "timeout"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS error"
+    if isinstance(exc, requests.ConnectionError):
+        return "connection failed"
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
+        return "unreadable body"
+    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
+        return "invalid URL"
+    return f"request failed ({type(exc).__name__})"
+
+
+def _kind(resource: dict) -> str:
+    kind = resource.get("resourceType")
+    return kind if isinstance(kind, str) and kind.isalnum() else "something else"
