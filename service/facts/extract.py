@@ -39,7 +39,7 @@ class ConditionRule:
 
     concept: str          # value set in valuesets.json
     finding: model.Finding
-    mode: str             # "active" | "ever" | "active-or-within" | "within"
+    mode: str             # "active" | "ever" | "active-or-within" | "within" | "active-within"
     window_days: int = 0  # for the windowed modes
 
 
@@ -65,7 +65,7 @@ CONDITION_RULES: tuple[ConditionRule, ...] = (
     ConditionRule("prior_lumbar_surgery", F.PRIOR_LUMBAR_SURGERY, "ever"),
     # Pregnancy: active only; project choice: an active pregnancy coded more than 300 days ago
     # (beyond 42 weeks) is a stale problem-list entry.
-    ConditionRule("pregnancy", F.PREGNANCY, "within", 300),
+    ConditionRule("pregnancy", F.PREGNANCY, "active-within", 300),
 )
 
 # Immunosuppression whose history counts (decision-rules.md: transplant, HIV): ICD-10 prefixes.
@@ -164,7 +164,9 @@ def _reference(resource: Mapping[str, Any]) -> str:
 
 
 def _add(found: dict[model.Finding, list[model.Evidence]], finding: model.Finding, evidence: model.Evidence) -> None:
-    found.setdefault(finding, []).append(evidence)
+    items = found.setdefault(finding, [])
+    if evidence not in items:  # a code in two value sets of one finding is still one piece of evidence
+        items.append(evidence)
 
 
 def _read_condition(
@@ -202,6 +204,8 @@ def _counts(rule: ConditionRule, history: bool, on: date | None, today: date, co
             return not history or within
         case "within":
             return within or (not history and on is None)
+        case "active-within":
+            return not history and (on is None or within)
     return False
 
 

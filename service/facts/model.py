@@ -36,23 +36,6 @@ class Finding(StrEnum):
     PRIOR_LUMBAR_MRI = "prior_lumbar_mri"
 
 
-# The red flags a card lists as "looked for and not found" when absent, in reading order.
-RED_FLAGS: tuple[Finding, ...] = (
-    Finding.CAUDA_EQUINA,
-    Finding.MOTOR_DEFICIT,
-    Finding.MALIGNANCY,
-    Finding.SPINAL_INFECTION,
-    Finding.FEVER,
-    Finding.INFECTION_RISK,
-    Finding.IMMUNOSUPPRESSION,
-    Finding.OSTEOPOROSIS,
-    Finding.LONG_TERM_STEROIDS,
-    Finding.VERTEBRAL_FRACTURE,
-    Finding.RECENT_TRAUMA,
-    Finding.PRIOR_LUMBAR_SURGERY,
-)
-
-
 class Contrast(StrEnum):
     """Which lumbar MRI study an order asks for (codes.json `order_mri_lumbar`)."""
 
