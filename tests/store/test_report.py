@@ -1,5 +1,6 @@
 """service/store/report.py: counting, date windows, and the text and HTML renderings."""
 
+import json
 import re
 import uuid
 from datetime import date
@@ -149,3 +150,32 @@ def test_render_html_is_self_contained_and_escaped(engine, store, clock):
     external = re.findall(r"(?:src|href)\s*=|url\(|@import|https?://(?!www\.w3\.org/2000/svg)", page)
     assert external == []
     assert page.count("<rect") == 3 and "week of 2025-03-17" in page
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+
+def test_report_command(engine, store, tmp_path):
+    from click.testing import CliRunner
+
+    from service.cli import cli
+
+    card = issue(store)
+    give(store, card, "overridden", code="patient-specific")
+    store.flush()
+    env = {"LUMBAR_MRI_CDS_CONFIG": "", "LUMBAR_MRI_CDS_DATABASE_URL": engine.url.render_as_string(hide_password=False)}
+    runner = CliRunner()
+    answer = runner.invoke(cli, ["report", "--json"], env=env, catch_exceptions=False)
+    assert answer.exit_code == 0
+    assert json.loads(answer.output) == report.build_report(engine)
+
+    page = tmp_path / "report.html"
+    answer = runner.invoke(cli, ["report", "--since", "2025-03-01", "--until", "2025-03-31", "--html", str(page)],
+                           env=env, catch_exceptions=False)
+    assert answer.exit_code == 0
+    assert "acute-uncomplicated" in answer.output and "from 2025-03-01 to 2025-03-31" in answer.output
+    assert "<svg" in page.read_text()
+
+    answer = runner.invoke(cli, ["report", "--json", "--since", "2025-04-01"], env=env, catch_exceptions=False)
+    assert json.loads(answer.output)["cards_total"] == 0
+    assert runner.invoke(cli, ["report", "--since", "March"], env=env).exit_code == 2
