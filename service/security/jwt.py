@@ -64,10 +64,6 @@ class TokenVerifier:
             settings.issuers, refuse_published_keys=settings.profile is Profile.PRODUCTION
         )
 
-    @property
-    def keys(self) -> keys_mod.KeyStore:
-        return self._keys
-
     def verify(self, authorization: str | None, audience: str) -> Claims:
         """The claims of a valid token for `audience`; raises NotAuthenticated with the reason."""
         token = _bearer_token(authorization)

@@ -31,6 +31,7 @@ from typing import Any
 
 import jwt as pyjwt
 import requests
+import urllib3
 
 from service import errors
 from service.config import IssuerSettings
@@ -165,11 +166,12 @@ class KeyStore:
                         raise KeyUnavailable(f"JWKS {url} is larger than {MAX_JWKS_BYTES} bytes")
                     if time.monotonic() > deadline:  # a read timeout alone allows a slow drip
                         raise KeyUnavailable(f"JWKS {url} took longer than {self._timeout} s")
-        except requests.RequestException as exc:
+        # Reading `raw` directly, urllib3's errors (a read timeout mid-body) are not wrapped by requests.
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise KeyUnavailable(f"JWKS {url} could not be fetched: {type(exc).__name__}") from exc
         try:
             return self._parse(json.loads(body), where=f"JWKS {url}")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
             raise KeyUnavailable(f"JWKS {url} is not a usable JWK Set: {exc}") from exc
 
     def _read_file(self, path: Path) -> KeySet:
@@ -179,7 +181,7 @@ class KeyStore:
             raise errors.ConfigError(f"jwks_file {path}: file not found") from None
         except OSError as exc:
             raise errors.ConfigError(f"jwks_file {path}: cannot be read: {exc.strerror}") from None
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
             raise errors.ConfigError(f"jwks_file {path}: not a usable JWK Set: {exc}") from None
 
     def _parse(self, document: Any, *, where: str, strict: bool = False) -> KeySet:

@@ -250,3 +250,26 @@ def test_gzip_encoded_answer_is_read(httpserver, jwks):
     )
     issuer = url_issuer(httpserver)
     assert keys.KeyStore([issuer]).key(issuer, EC_KID, "ES384")
+
+
+def test_answer_stalling_mid_body_fails_the_token(httpserver, jwks):
+    body = json.dumps(jwks).encode()
+
+    def stall(_request):
+        def chunks():
+            yield body[:20]
+            time.sleep(1.5)
+            yield body[20:]
+        return Response(chunks(), content_type="application/json")
+
+    httpserver.expect_request("/jwks.json").respond_with_handler(stall)
+    issuer = url_issuer(httpserver)
+    with pytest.raises(keys.KeyUnavailable, match="could not be fetched: ReadTimeoutError"):
+        keys.KeyStore([issuer], timeout_seconds=0.5).key_set(issuer, fetch=True)
+
+
+def test_absurdly_nested_answer_fails_the_token(httpserver):
+    httpserver.expect_request("/jwks.json").respond_with_data("[" * 100_000 + "]" * 100_000)
+    issuer = url_issuer(httpserver)
+    with pytest.raises(keys.KeyUnavailable, match="not a usable JWK Set"):
+        keys.KeyStore([issuer]).key_set(issuer, fetch=True)
