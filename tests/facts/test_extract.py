@@ -1,0 +1,329 @@
+"""From FHIR JSON to facts, as a clinician would notice it: which record counts as which finding.
+
+Every case starts from the JSON an EHR sends (built with tests/fhir.py), goes through the real
+envelope and prefetch code, and is read on ``today = AS_OF`` (2026-11-26).
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import date
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from service.facts import extract
+from service.facts import model
+from service.facts.codes import ValueSets
+from service.intake import envelope
+from service.intake import prefetch
+from tests import fhir
+from tests.fhir import AS_OF
+
+F = model.Finding
+CPT_OID = "urn:oid:2.16.840.1.113883.6.12"
+ICD10_WHO = "http://hl7.org/fhir/sid/icd-10"
+
+VS = ValueSets.load()
+TEMPLATES = prefetch.build_templates(VS.codings("body_temperature") + VS.codings("pregnancy_status_observation"))
+
+
+def ago(days: int) -> str:
+    """The ISO date `days` before AS_OF."""
+    return (AS_OF - timedelta(days=days)).isoformat()
+
+
+def born(age: int, *, birthday_tomorrow: bool = False) -> str:
+    """A birth date giving `age` on AS_OF (birthday on Jan 1, or tomorrow)."""
+    if birthday_tomorrow:
+        tomorrow = AS_OF + timedelta(days=1)
+        return date(tomorrow.year - age - 1, tomorrow.month, tomorrow.day).isoformat()
+    return date(AS_OF.year - age, 1, 1).isoformat()
+
+
+def facts_of(*resources: dict[str, Any], pat: dict[str, Any] | None = None,
+             order: dict[str, Any] | None = None) -> model.Facts:
+    """The facts of one lumbar MRI order, through the real envelope, prefetch and extraction."""
+    order = order or fhir.mri_order()
+    data = fhir.hook_request([order], pat=pat, resources=list(resources))
+    request = envelope.parse_request(data, hook="order-select")
+    record = prefetch.resolve(request.prefetch, TEMPLATES, request.patient_id, None)
+    patient = extract.extract_patient(record, VS, AS_OF)
+    facts = extract.facts_for_order(patient, order, VS)
+    assert facts is not None, "the order should be recognised as a lumbar MRI"
+    return facts
+
+
+def with_system(resource: dict[str, Any], system: str) -> dict[str, Any]:
+    resource["code"]["coding"][0]["system"] = system
+    return resource
+
+
+def with_status(resource: dict[str, Any], status: str) -> dict[str, Any]:
+    resource["status"] = status
+    return resource
+
+
+_text_ids = itertools.count(1)
+
+
+def text_only(resource_type: str, text: str) -> dict[str, Any]:
+    """A resource whose code has only free text (no coding)."""
+    return {"resourceType": resource_type, "id": f"text-{next(_text_ids)}", "code": {"text": text},
+            "clinicalStatus": {"coding": [{"code": "active"}]}, "subject": {"reference": "Patient/patient-1"},
+            "onsetDateTime": ago(5)}
+
+
+def pt_referral(status: str, authored: str) -> dict[str, Any]:
+    """A physical-therapy ServiceRequest (not the draft MRI) placed earlier."""
+    return {"resourceType": "ServiceRequest", "id": f"pt-{status}", "status": status, "intent": "order",
+            "code": {"coding": [fhir.coding("97110", "Therapeutic exercises")]},
+            "subject": {"reference": "Patient/patient-1"}, "authoredOn": authored}
+
+
+def prednisone(authored: str, supply_days: int, repeats: int = 0) -> dict[str, Any]:
+    return fhir.medication("8640", "prednisone", authored=authored, supply_days=supply_days, repeats=repeats)
+
+
+# (resources, finding, present) -- one clinical statement per line.
+FINDINGS = [
+    # statuses that say a Condition is not true are ignored
+    pytest.param([fhir.condition("G83.4", onset=ago(1), verification="refuted")], F.CAUDA_EQUINA, False, id="refuted-cauda-equina"),
+    pytest.param([fhir.condition("G83.4", onset=ago(1), verification="entered-in-error")], F.CAUDA_EQUINA, False, id="entered-in-error-cauda-equina"),
+    pytest.param([fhir.condition("C34.90", onset=ago(30), verification="refuted")], F.MALIGNANCY, False, id="refuted-cancer"),
+    pytest.param([fhir.condition("M54.50", onset=ago(5), verification="entered-in-error")], F.BACK_PAIN, False, id="entered-in-error-lbp"),
+    # suspected cauda equina is enough
+    pytest.param([fhir.condition("G83.4", onset=ago(1), verification="provisional")], F.CAUDA_EQUINA, True, id="provisional-cauda-equina"),
+    pytest.param([fhir.condition("G83.4", onset=ago(1), verification="differential")], F.CAUDA_EQUINA, True, id="differential-cauda-equina"),
+    pytest.param([fhir.condition("R33.9", onset=ago(2), verification="provisional")], F.CAUDA_EQUINA, True, id="provisional-urinary-retention"),
+    pytest.param([fhir.condition("R15.9", onset=ago(2))], F.CAUDA_EQUINA, True, id="new-fecal-incontinence"),
+    # a resolved back pain is not a current episode
+    pytest.param([fhir.condition("M54.50", onset=ago(10))], F.BACK_PAIN, True, id="active-lbp"),
+    pytest.param([fhir.condition("M54.50", onset=ago(10), clinical="resolved")], F.BACK_PAIN, False, id="resolved-lbp"),
+    pytest.param([fhir.condition("M54.50", onset=ago(10), clinical="inactive")], F.BACK_PAIN, False, id="inactive-lbp"),
+    pytest.param([fhir.condition("M54.16", onset=ago(10), clinical="remission")], F.BACK_PAIN, False, id="radiculopathy-in-remission"),
+    pytest.param([fhir.condition("M54.16", onset=ago(10))], F.RADICULOPATHY, True, id="active-radiculopathy"),
+    # cancer: history counts at any time, skin cancer never
+    pytest.param([fhir.condition("Z85.3", onset="2019-02-01", clinical="resolved")], F.MALIGNANCY, True, id="history-of-breast-cancer-resolved"),
+    pytest.param([fhir.condition("C50.911", onset=ago(200))], F.MALIGNANCY, True, id="active-breast-cancer"),
+    pytest.param([fhir.condition("C79.51", onset=ago(20))], F.MALIGNANCY, True, id="bone-metastasis"),
+    pytest.param([fhir.condition("C44.91", onset=ago(20))], F.MALIGNANCY, False, id="active-skin-cancer-C44"),
+    pytest.param([fhir.condition("Z85.820", onset="2015-01-01", clinical="resolved")], F.MALIGNANCY, False, id="history-of-melanoma-Z85.820"),
+    pytest.param([fhir.condition("Z85.828", onset="2015-01-01", clinical="resolved")], F.MALIGNANCY, False, id="history-of-skin-cancer-Z85.828"),
+    # spinal infection: active, or resolved within 365 days
+    pytest.param([fhir.condition("M46.26", onset=ago(260), clinical="resolved", abatement=ago(200))], F.SPINAL_INFECTION, True, id="osteomyelitis-resolved-200-days-ago"),
+    pytest.param([fhir.condition("M46.26", onset=ago(460), clinical="resolved", abatement=ago(400))], F.SPINAL_INFECTION, False, id="osteomyelitis-resolved-400-days-ago"),
+    pytest.param([fhir.condition("M46.46", onset=ago(200), clinical="resolved")], F.SPINAL_INFECTION, True, id="discitis-resolved-onset-200-days-ago"),
+    pytest.param([fhir.condition("M46.46", onset=ago(400), clinical="resolved")], F.SPINAL_INFECTION, False, id="discitis-resolved-onset-400-days-ago"),
+    pytest.param([fhir.condition("G06.1", onset=ago(900))], F.SPINAL_INFECTION, True, id="active-epidural-abscess-long-ago"),
+    # fever: coded within 14 days
+    pytest.param([fhir.condition("R50.9", onset=ago(13))], F.FEVER, True, id="fever-13-days-ago"),
+    pytest.param([fhir.condition("R50.9", onset=ago(14))], F.FEVER, True, id="fever-14-days-ago"),
+    pytest.param([fhir.condition("R50.9", onset=ago(15))], F.FEVER, False, id="fever-15-days-ago"),
+    # fever: body temperature >= 38.0 °C within 14 days; °F converted
+    pytest.param([fhir.temperature(100.4, "[degF]", on=ago(2))], F.FEVER, True, id="100.4-degF-is-38.0-Cel"),
+    pytest.param([fhir.temperature(100.3, "[degF]", on=ago(2))], F.FEVER, False, id="100.3-degF"),
+    pytest.param([fhir.temperature(38.0, "Cel", on=ago(2))], F.FEVER, True, id="38.0-Cel"),
+    pytest.param([fhir.temperature(37.9, "Cel", on=ago(2))], F.FEVER, False, id="37.9-Cel"),
+    pytest.param([fhir.temperature(39.5, "Cel", on=ago(15))], F.FEVER, False, id="39.5-Cel-15-days-ago"),
+    pytest.param([fhir.temperature(39.5, "Cel", on=ago(2), status="entered-in-error")], F.FEVER, False, id="entered-in-error-temperature"),
+    pytest.param([fhir.temperature(39.5, "Cel", on=ago(2), status="cancelled")], F.FEVER, False, id="cancelled-temperature"),
+    pytest.param([fhir.temperature(39.5, "kg", on=ago(2))], F.FEVER, False, id="temperature-in-unknown-unit"),
+    pytest.param([fhir.temperature(312.0, "K", on=ago(2))], F.FEVER, False, id="temperature-in-kelvin-not-read"),
+    # infection risk: IV drug use within 365 days, bacteremia within 90
+    pytest.param([fhir.condition("F11.20", onset=ago(100))], F.INFECTION_RISK, True, id="opioid-use-disorder-active"),
+    pytest.param([fhir.condition("F11.20", onset=ago(500), clinical="resolved", abatement=ago(400))], F.INFECTION_RISK, False, id="opioid-use-disorder-resolved-400-days-ago"),
+    pytest.param([fhir.condition("F11.20", onset=ago(500), clinical="resolved", abatement=ago(200))], F.INFECTION_RISK, True, id="opioid-use-disorder-resolved-200-days-ago"),
+    pytest.param([fhir.condition("R78.81", onset=ago(60), clinical="resolved")], F.INFECTION_RISK, True, id="bacteremia-60-days-ago"),
+    pytest.param([fhir.condition("R78.81", onset=ago(120), clinical="resolved")], F.INFECTION_RISK, False, id="bacteremia-120-days-ago"),
+    # motor deficit: foot drop yes, generalized weakness no
+    pytest.param([fhir.condition("R53.1", onset=ago(3))], F.MOTOR_DEFICIT, False, id="generalized-weakness-R53.1"),
+    pytest.param([fhir.condition("M62.81", onset=ago(3))], F.MOTOR_DEFICIT, False, id="muscle-weakness-M62.81"),
+    pytest.param([fhir.condition("M21.371", onset=ago(3))], F.MOTOR_DEFICIT, True, id="foot-drop-M21.371"),
+    pytest.param([fhir.condition("G83.12", onset=ago(3))], F.MOTOR_DEFICIT, True, id="monoplegia-lower-limb"),
+    # a strain is uncomplicated back pain; an injury within 90 days is trauma
+    pytest.param([fhir.condition("S39.012A", onset=ago(5))], F.BACK_PAIN, True, id="lumbar-strain-is-back-pain"),
+    pytest.param([fhir.condition("S39.012A", onset=ago(5))], F.RECENT_TRAUMA, False, id="lumbar-strain-is-not-trauma"),
+    pytest.param([fhir.condition("S33.5XXA", onset=ago(5))], F.RECENT_TRAUMA, False, id="lumbar-sprain-is-not-trauma"),
+    pytest.param([fhir.condition("S30.0XXA", onset=ago(30))], F.RECENT_TRAUMA, True, id="contusion-30-days-ago"),
+    pytest.param([fhir.condition("S30.0XXA", onset=ago(90))], F.RECENT_TRAUMA, True, id="contusion-90-days-ago"),
+    pytest.param([fhir.condition("S30.0XXA", onset=ago(100))], F.RECENT_TRAUMA, False, id="contusion-100-days-ago"),
+    pytest.param([fhir.condition("S32.010A", onset=ago(10))], F.VERTEBRAL_FRACTURE, True, id="lumbar-vertebral-fracture"),
+    # immunosuppression; transplant history counts
+    pytest.param([fhir.condition("Z94.0", onset="2015-01-01")], F.IMMUNOSUPPRESSION, True, id="kidney-transplant"),
+    pytest.param([fhir.condition("Z94.0", onset="2015-01-01", clinical="inactive")], F.IMMUNOSUPPRESSION, True, id="kidney-transplant-inactive"),
+    pytest.param([fhir.condition("B20", onset="2015-01-01")], F.IMMUNOSUPPRESSION, True, id="hiv"),
+    pytest.param([fhir.condition("Z94.7", onset="2015-01-01")], F.IMMUNOSUPPRESSION, False, id="corneal-transplant"),
+    # osteoporosis (history counts) and documented long-term steroids
+    pytest.param([fhir.condition("M81.0", onset="2020-01-01", clinical="inactive")], F.OSTEOPOROSIS, True, id="osteoporosis-history"),
+    pytest.param([fhir.condition("Z79.52", onset="2024-01-01")], F.LONG_TERM_STEROIDS, True, id="long-term-steroids-Z79.52"),
+    # glucocorticoid orders: >= 90 days in the last year
+    pytest.param([prednisone(ago(300), 30), prednisone(ago(200), 30), prednisone(ago(100), 30)], F.LONG_TERM_STEROIDS, True, id="prednisone-30-days-x3-orders"),
+    pytest.param([prednisone(ago(100), 30, repeats=2)], F.LONG_TERM_STEROIDS, True, id="prednisone-30-days-x3-fills"),
+    pytest.param([prednisone(ago(100), 30)], F.LONG_TERM_STEROIDS, False, id="prednisone-30-days-x1"),
+    pytest.param([prednisone(ago(400), 30), prednisone(ago(200), 30), prednisone(ago(100), 30)], F.LONG_TERM_STEROIDS, False, id="prednisone-one-fill-over-a-year-ago"),
+    # prior lumbar surgery
+    pytest.param([fhir.procedure("63030", performed="2023-04-12")], F.PRIOR_LUMBAR_SURGERY, True, id="laminotomy-procedure"),
+    pytest.param([fhir.procedure("63030", performed="2023-04-12", status="not-done")], F.PRIOR_LUMBAR_SURGERY, False, id="laminotomy-not-done"),
+    pytest.param([fhir.condition("Z98.1", onset="2020-01-01", clinical="inactive")], F.PRIOR_LUMBAR_SURGERY, True, id="arthrodesis-status"),
+    # prior lumbar MRI in the last 365 days
+    pytest.param([fhir.imaging_report("72148", on=ago(200))], F.PRIOR_LUMBAR_MRI, True, id="mri-report-200-days-ago"),
+    pytest.param([fhir.imaging_report("72148", on=ago(400))], F.PRIOR_LUMBAR_MRI, False, id="mri-report-400-days-ago"),
+    pytest.param([with_status(fhir.imaging_report("72148", on=ago(200)), "entered-in-error")], F.PRIOR_LUMBAR_MRI, False, id="mri-report-entered-in-error"),
+    pytest.param([fhir.imaging_report("72131", on=ago(200))], F.PRIOR_LUMBAR_MRI, False, id="ct-report-is-not-mri"),
+    pytest.param([fhir.procedure("72148", performed=ago(100))], F.PRIOR_LUMBAR_MRI, True, id="mri-procedure-100-days-ago"),
+    # pregnancy: the latest pregnancy status observation wins
+    pytest.param([fhir.pregnancy_status(True, on=ago(10))], F.PREGNANCY, True, id="pregnant-observation"),
+    pytest.param([fhir.pregnancy_status(True, on=ago(60)), fhir.pregnancy_status(False, on=ago(10))], F.PREGNANCY, False, id="pregnant-then-not-pregnant"),
+    pytest.param([fhir.pregnancy_status(False, on=ago(60)), fhir.pregnancy_status(True, on=ago(10))], F.PREGNANCY, True, id="not-pregnant-then-pregnant"),
+    pytest.param([fhir.condition("Z34.90", onset=ago(100))], F.PREGNANCY, True, id="active-pregnancy-condition"),
+    pytest.param([fhir.condition("Z34.90", onset=ago(280), clinical="resolved", abatement=ago(10))], F.PREGNANCY, False, id="delivered-10-days-ago"),
+    pytest.param([fhir.condition("Z34.90", onset=ago(320))], F.PREGNANCY, False, id="stale-pregnancy-entry-320-days-ago"),
+    # ICD-10 without dot, both ICD-10 system URLs
+    pytest.param([fhir.condition("M5450", onset=ago(5))], F.BACK_PAIN, True, id="icd-without-dot"),
+    pytest.param([fhir.condition("M54.50", onset=ago(5), system=ICD10_WHO)], F.BACK_PAIN, True, id="who-icd-10-system"),
+    pytest.param([fhir.condition("C7951", onset=ago(5), system=ICD10_WHO)], F.MALIGNANCY, True, id="who-icd-10-without-dot"),
+    # code.text alone is never matched; unknown codes are ignored
+    pytest.param([text_only("Condition", "Low back pain")], F.BACK_PAIN, False, id="text-only-low-back-pain"),
+    pytest.param([text_only("Condition", "Cauda equina syndrome")], F.CAUDA_EQUINA, False, id="text-only-cauda-equina"),
+    pytest.param([fhir.condition("M54.50", onset=ago(5), system="http://example.org/local-codes")], F.BACK_PAIN, False, id="known-code-in-unknown-system"),
+    # CPT under its OID
+    pytest.param([with_system(fhir.procedure("63030", performed="2023-04-12"), CPT_OID)], F.PRIOR_LUMBAR_SURGERY, True, id="cpt-oid-surgery"),
+    pytest.param([with_system(fhir.imaging_report("72148", on=ago(100)), CPT_OID)], F.PRIOR_LUMBAR_MRI, True, id="cpt-oid-prior-mri"),
+]
+
+
+@pytest.mark.parametrize(("resources", "finding", "present"), FINDINGS)
+def test_finding(resources: list[dict[str, Any]], finding: model.Finding, present: bool) -> None:
+    assert facts_of(*resources).has(finding) is present
+
+
+@pytest.mark.parametrize(("resources"), [
+    pytest.param([fhir.condition("ZZZ.99", onset=ago(5))], id="unknown-icd-code"),
+    pytest.param([fhir.condition("12345", onset=ago(5), system="http://example.org/local-codes")], id="unknown-system"),
+    pytest.param([fhir.observation("2339-0", on=ago(1), value=5.0)], id="unknown-observation (glucose)"),
+    pytest.param([fhir.procedure("99213", performed=ago(3))], id="unknown-procedure (office visit)"),
+    pytest.param([fhir.medication("197361", "amlodipine", authored=ago(3))], id="unknown-medication"),
+    pytest.param([text_only("Condition", "Severe back pain with fever")], id="free-text-only"),
+])
+def test_unknown_codes_give_no_findings(resources: list[dict[str, Any]]) -> None:
+    assert dict(facts_of(*resources).findings) == {}
+
+
+def test_ivdu_with_fever_is_infection_risk_and_fever() -> None:
+    facts = facts_of(fhir.condition("F11.20", onset=ago(200)), fhir.temperature(101.8, "[degF]", on=ago(2)))
+    assert facts.has(F.INFECTION_RISK)
+    assert facts.has(F.FEVER)
+
+
+def test_evidence_names_the_resource_and_its_date() -> None:
+    history = fhir.condition("Z85.3", onset="2019-02-01", clinical="resolved", cid="cond-cancer-history")
+    fever = fhir.temperature(38.4, "Cel", on=ago(2))
+    facts = facts_of(history, fever)
+    assert [(e.reference, e.on) for e in facts.findings[F.MALIGNANCY]] == [("Condition/cond-cancer-history", date(2019, 2, 1))]
+    assert [(e.reference, e.on) for e in facts.findings[F.FEVER]] == [(f"Observation/{fever['id']}", AS_OF - timedelta(days=2))]
+
+
+def test_one_condition_is_one_piece_of_evidence() -> None:
+    # M51.362 is in both low_back_pain and radiculopathy_stenosis: the card must not show it twice.
+    facts = facts_of(fhir.condition("M51.362", onset=ago(10), cid="cond-disc"))
+    assert [e.reference for e in facts.findings[F.BACK_PAIN]] == ["Condition/cond-disc"]
+
+
+# Older age counts only together with recent trauma: > 65 men, > 75 women (ACP-2011).
+@pytest.mark.parametrize(("gender", "birth", "trauma", "older"), [
+    pytest.param("male", born(66), True, True, id="man-66-with-trauma"),
+    pytest.param("male", born(65), True, False, id="man-65-with-trauma"),
+    pytest.param("male", born(66), False, False, id="man-66-without-trauma"),
+    pytest.param("female", born(70), True, False, id="woman-70-with-trauma"),
+    pytest.param("female", born(76), True, True, id="woman-76-with-trauma"),
+    pytest.param("female", born(75), True, False, id="woman-75-with-trauma"),
+    pytest.param("male", born(65, birthday_tomorrow=True), True, False, id="man-65-turning-66-tomorrow"),
+])
+def test_older_age_only_with_trauma(gender: str, birth: str, trauma: bool, older: bool) -> None:
+    resources = [fhir.condition("S30.0XXA", onset=ago(10))] if trauma else []
+    facts = facts_of(*resources, pat=fhir.patient(birth=birth, gender=gender))
+    assert facts.has(F.OLDER_AGE) is older
+
+
+@pytest.mark.parametrize(("birth", "age"), [
+    pytest.param(born(40), 40, id="birthday-passed"),
+    pytest.param(born(40, birthday_tomorrow=True), 40, id="turning-41-tomorrow-is-still-40"),
+    pytest.param(date(AS_OF.year - 41, AS_OF.month, AS_OF.day).isoformat(), 41, id="birthday-today"),
+    pytest.param(date(AS_OF.year - 18, AS_OF.month, AS_OF.day + 1).isoformat(), 17, id="eighteen-tomorrow-is-17"),
+])
+def test_age_on_the_day(birth: str, age: int) -> None:
+    assert facts_of(pat=fhir.patient(birth=birth)).age == age
+
+
+# The episode: earliest onset among current back-pain conditions; an undated order reason is "unknown".
+@pytest.mark.parametrize(("resources", "reasons", "episode_days"), [
+    pytest.param([fhir.condition("M54.50", onset=ago(10))], None, 10, id="one-lbp"),
+    pytest.param([fhir.condition("M54.50", onset=ago(10)), fhir.condition("M54.16", onset=ago(50))], None, 50, id="earliest-of-lbp-and-radiculopathy"),
+    pytest.param([fhir.condition("M54.50", onset=ago(10)), fhir.condition("M54.50", onset=ago(400), clinical="resolved")], None, 10, id="resolved-older-episode-ignored"),
+    pytest.param([fhir.condition("M54.50", onset=ago(10)), fhir.condition("M54.50", onset=ago(100), verification="refuted")], None, 10, id="refuted-older-lbp-ignored"),
+    pytest.param([fhir.condition("M54.50", recorded=ago(20))], None, 20, id="recorded-date-when-no-onset"),
+    pytest.param([fhir.condition("I10", onset=ago(1000))], None, None, id="no-back-pain"),
+    pytest.param([], [fhir.coding("M54.50")], None, id="order-reason-without-dated-condition"),
+    pytest.param([], [fhir.coding("279039007")], None, id="snomed-order-reason-without-dated-condition"),
+    pytest.param([fhir.condition("M54.50", onset=ago(70))], [fhir.coding("M54.50")], 70, id="order-reason-and-dated-condition"),
+])
+def test_episode(resources: list[dict[str, Any]], reasons: list[dict[str, Any]] | None, episode_days: int | None) -> None:
+    facts = facts_of(*resources, order=fhir.mri_order(reasons=reasons))
+    assert facts.episode_days == episode_days
+    assert facts.episode_start == (None if episode_days is None else AS_OF - timedelta(days=episode_days))
+
+
+def test_order_reason_alone_is_a_back_pain_episode_of_unknown_duration() -> None:
+    facts = facts_of(order=fhir.mri_order(reasons=[fhir.coding("M54.50")]))
+    assert facts.has(F.BACK_PAIN)
+    assert facts.order.has_reason
+    assert facts.episode_days is None
+
+
+# Conservative care counts only during the current episode (here: back pain since 60 days ago).
+@pytest.mark.parametrize(("care", "counts"), [
+    pytest.param(fhir.procedure("97110", performed=ago(30)), True, id="pt-procedure-during-episode"),
+    pytest.param(fhir.procedure("97110", performed=ago(60)), True, id="pt-procedure-on-first-day"),
+    pytest.param(fhir.procedure("97110", performed=ago(90)), False, id="pt-procedure-before-episode"),
+    pytest.param(fhir.procedure("97110", performed=ago(30), status="not-done"), False, id="pt-procedure-not-done"),
+    pytest.param(fhir.procedure("97110", performed=ago(30), status="entered-in-error"), False, id="pt-procedure-entered-in-error"),
+    pytest.param(fhir.procedure("98940", performed=ago(30)), True, id="chiropractic-during-episode"),
+    pytest.param(with_system(fhir.procedure("97110", performed=ago(30)), CPT_OID), True, id="pt-procedure-cpt-oid"),
+    pytest.param(fhir.medication("5640", "ibuprofen", authored=ago(40)), True, id="nsaid-order-during-episode"),
+    pytest.param(fhir.medication("21949", "cyclobenzaprine", authored=ago(40)), True, id="muscle-relaxant-during-episode"),
+    pytest.param(fhir.medication("5640", "ibuprofen", authored=ago(90)), False, id="nsaid-order-before-episode"),
+    pytest.param(fhir.medication("5640", "ibuprofen", authored=ago(40), status="entered-in-error"), False, id="nsaid-order-entered-in-error"),
+    pytest.param(pt_referral("active", ago(20)), True, id="pt-referral-placed-during-episode"),
+    pytest.param(pt_referral("draft", ago(20)), False, id="pt-referral-still-draft"),
+])
+def test_conservative_care_during_the_episode(care: dict[str, Any], counts: bool) -> None:
+    facts = facts_of(fhir.condition("M54.50", onset=ago(60)), care)
+    assert facts.has(F.CONSERVATIVE_CARE) is counts
+
+
+def test_conservative_care_needs_an_episode() -> None:
+    facts = facts_of(fhir.procedure("97110", performed=ago(30)))
+    assert not facts.has(F.CONSERVATIVE_CARE)
+
+
+@pytest.mark.parametrize(("code", "system", "contrast"), [
+    pytest.param("72148", fhir.CPT, model.Contrast.WITHOUT, id="cpt-72148"),
+    pytest.param("72149", fhir.CPT, model.Contrast.WITH, id="cpt-72149"),
+    pytest.param("72158", fhir.CPT, model.Contrast.WITHOUT_WITH, id="cpt-72158"),
+    pytest.param("72158", CPT_OID, model.Contrast.WITHOUT_WITH, id="cpt-oid-72158"),
+    pytest.param("24967-2", fhir.LOINC, model.Contrast.WITHOUT_WITH, id="loinc-without-and-with"),
+])
+def test_order_is_a_lumbar_mri(code: str, system: str, contrast: model.Contrast) -> None:
+    facts = facts_of(order=fhir.mri_order(code, system=system))
+    assert (facts.order.code, facts.order.contrast) == (code, contrast)
+
+
+@pytest.mark.parametrize(("code", "system"), [
+    pytest.param("72141", fhir.CPT, id="cervical-mri"),
+    pytest.param("72131", fhir.CPT, id="lumbar-ct"),
+    pytest.param("72148", "http://example.org/local-codes", id="mri-code-in-unknown-system"),
+])
+def test_order_that_is_not_a_lumbar_mri(code: str, system: str) -> None:
+    assert extract.lumbar_mri(fhir.mri_order(code, system=system), VS) is None
