@@ -508,7 +508,11 @@ class _CardWriter:
                     continue
                 cards, self._cards = self._cards, []
                 suggestions, self._suggestions = self._suggestions, []
-            if self._write(cards, suggestions):
+            try:
+                written = self._write(cards, suggestions)
+            except Exception as exc:  # noqa: BLE001 - the thread must survive whatever happens
+                written = self._failed(len(cards), exc)
+            if written:
                 backoff = WRITE_INTERVAL_SECONDS
                 with self._cond:
                     self._settled += len(cards)
@@ -524,18 +528,42 @@ class _CardWriter:
 
     def _write(self, cards: list[dict[str, Any]], suggestions: list[dict[str, Any]]) -> bool:
         try:
-            if self._conn is None:
-                self._conn = self._engine.connect()
-            with self._conn.begin():
-                # ON CONFLICT DO NOTHING: a retried batch (or a card uuid seen twice) is harmless.
-                self._conn.execute(_insert_ignore(self._conn, schema.cards), cards)
-                if suggestions:
-                    self._conn.execute(_insert_ignore(self._conn, schema.card_suggestions), suggestions)
+            self._insert(cards, suggestions)
             return True
+        except (sa.exc.DataError, sa.exc.IntegrityError):
+            # A row the database refuses would fail its batch for ever: write one card at a time
+            # and drop only the refused ones.
+            try:
+                self._write_one_by_one(cards, suggestions)
+                return True
+            except sa.exc.SQLAlchemyError as exc:
+                return self._failed(len(cards), exc)
         except sa.exc.SQLAlchemyError as exc:
-            log.error("card writer: %d cards not written yet: database error %s", len(cards), type(exc).__name__)
-            self._disconnect()  # the next attempt starts from a fresh connection
-            return False
+            return self._failed(len(cards), exc)
+
+    def _failed(self, count: int, exc: Exception) -> bool:
+        log.error("card writer: %d cards not written yet: database error %s", count, type(exc).__name__)
+        self._disconnect()  # the next attempt starts from a fresh connection
+        return False
+
+    def _insert(self, cards: list[dict[str, Any]], suggestions: list[dict[str, Any]]) -> None:
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        with self._conn.begin():
+            # ON CONFLICT DO NOTHING: a retried batch (or a card uuid seen twice) is harmless.
+            self._conn.execute(_insert_ignore(self._conn, schema.cards), cards)
+            if suggestions:
+                self._conn.execute(_insert_ignore(self._conn, schema.card_suggestions), suggestions)
+
+    def _write_one_by_one(self, cards: list[dict[str, Any]], suggestions: list[dict[str, Any]]) -> None:
+        refused = 0
+        for card in cards:
+            own = [s for s in suggestions if s["card_uuid"] == card["card_uuid"]]
+            try:
+                self._insert([card], own)
+            except (sa.exc.DataError, sa.exc.IntegrityError):
+                refused += 1
+        log.error("card writer: the database refused %d of %d cards; they were dropped", refused, len(cards))
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None

@@ -35,9 +35,11 @@ cards = sa.Table(
     sa.Column("rule_id", sa.String(128), nullable=False),    # = source.topic.code
     sa.Column("indicator", sa.String(16), nullable=False),
     sa.Column("rating", sa.String(64), nullable=True),       # appropriateness rating, if any
-    sa.Column("hook_instance", sa.String(64), nullable=False),
-    sa.Column("issuer", sa.String(512), nullable=False),     # JWT `iss` of the call
-    sa.Column("tenant", sa.String(256), nullable=True),      # JWT `tenant`, if any
+    # Text, not String(n): these come from the EHR (request, token), and a value longer than a
+    # VARCHAR bound would make PostgreSQL refuse the whole batch of the card writer.
+    sa.Column("hook_instance", sa.Text, nullable=False),
+    sa.Column("issuer", sa.Text, nullable=False),            # JWT `iss` of the call
+    sa.Column("tenant", sa.Text, nullable=True),             # JWT `tenant`, if any
     sa.Column("patient_hash", sa.String(64), nullable=True),  # sha256(salt + patient id), hex
     sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_cards_issued_at", "issued_at"),

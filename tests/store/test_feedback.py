@@ -325,6 +325,23 @@ def test_pending_cards_are_written_on_close(engine):
     store.close()
 
 
+def test_a_card_the_database_refuses_does_not_block_the_others(engine, store):
+    good = [feedback.IssuedCard(
+        card_uuid=str(uuid.uuid4()), suggestion_uuids=(str(uuid.uuid4()),), service_id="order-select",
+        rule_id="acute-uncomplicated", indicator="warning", rating=None, hook_instance="h",
+        issuer="https://ehr.example.org", tenant=None, patient_id=None) for _ in range(2)]
+    bad = feedback.IssuedCard(
+        card_uuid=str(uuid.uuid4()), suggestion_uuids=(), service_id="order-select", rule_id=None,
+        indicator="warning", rating=None, hook_instance="h", issuer="https://ehr.example.org", tenant=None,
+        patient_id=None)
+    store.record_cards([good[0], bad, good[1]])
+    store.flush()
+    assert count(engine, schema.cards) == 2
+    issue(store)  # and the writer goes on
+    store.flush()
+    assert count(engine, schema.cards) == 3
+
+
 # --- the hook path and the other workers ------------------------------------------------------------
 
 
