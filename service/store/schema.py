@@ -40,7 +40,7 @@ cards = sa.Table(
     sa.Column("hook_instance", sa.Text, nullable=False),
     sa.Column("issuer", sa.Text, nullable=False),            # JWT `iss` of the call
     sa.Column("tenant", sa.Text, nullable=True),             # JWT `tenant`, if any
-    sa.Column("patient_hash", sa.String(64), nullable=True),  # sha256(salt + patient id), hex
+    sa.Column("patient_hash", sa.String(64), nullable=True),  # HMAC-SHA256(salt, patient id), hex
     sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_cards_issued_at", "issued_at"),
 )
