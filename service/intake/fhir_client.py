@@ -184,7 +184,8 @@ class FhirFetcher:
             collected, url = list(job.continuation[0]), job.continuation[1]
         else:
             query = job.query or ""
-            if not query or query.startswith("/") or "://" in query:
+            # An absolute URL would leave the base; token system URIs in the search part are fine.
+            if not query or query.startswith("/") or "://" in query.split("?", 1)[0]:
                 raise FhirFetchError(job.key, "invalid query")
             collected, url = [], f"{job.base}/{query}"
             if _READ_QUERY.fullmatch(query.split("?", 1)[0]):
