@@ -27,7 +27,9 @@ def settings(request, settings, tmp_path):
 
 @pytest.fixture
 def services(app):
-    return services_of(app)
+    services = services_of(app)
+    yield services
+    services.recorder.close()  # before the app's engine and database go away
 
 
 def issue(services, *, tenant=None, service_id="order-select"):
