@@ -94,6 +94,8 @@ class Settings:
                 "development profile: trusts the public CDS Hooks sandbox, whose signing key is "
                 "public; this service must not see real patient data"
             )
+        if self.profile is Profile.PRODUCTION and not self.patient_hash_salt:
+            notes.append("patient_hash_salt is empty: the patient-id hashes in logs and the store can be reversed by guessing ids")
         for url in _plain_http_urls(self):
             notes.append(f"plain http:// URL configured: {url}")
         for issuer in self.issuers:
