@@ -88,3 +88,36 @@ def test_serve_refuses_a_bad_configuration(tmp_path):
     result = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--config", str(config)], capture_output=True, timeout=60)
     assert result.returncode == 2
     assert b"at least one [[issuers]]" in result.stderr
+
+
+def test_feedback_round_trip_survives_a_restart(tmp_path, jwks_file, signer):
+    """Cards from a real serve process, feedback on them, a restart, and the report counts it all."""
+    import json
+    import subprocess
+    import sys
+
+    port = free_port()
+    config = write_config(tmp_path, port=port, jwks_file=jwks_file, issuer=ISSUER)
+    base = f"http://127.0.0.1:{port}"
+    with serving(config, port):
+        card = call(base, signer, "/cds-services/order-select", fhir.load_request("acute-uncomplicated", shift_to=date.today())).json()["cards"][0]
+        feedback = {"feedback": [{
+            "card": card["uuid"],
+            "outcome": "overridden",
+            "overrideReason": {"reason": card["overrideReasons"][1], "userComment": "PT done at another clinic"},
+            "outcomeTimestamp": "2026-11-26T10:00:00Z",
+        }]}
+        response = call(base, signer, "/cds-services/order-select/feedback", feedback)
+        assert response.status_code == 200, response.text
+    with serving(config, port):  # a restart: the same database, nothing lost
+        accepted = {"feedback": [{"card": card["uuid"], "outcome": "accepted",
+                                  "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+                                  "outcomeTimestamp": "2026-11-26T10:05:00Z"}]}
+        assert call(base, signer, "/cds-services/order-select/feedback", accepted).status_code == 200
+    result = subprocess.run([sys.executable, "-m", "service.cli", "report", "--config", str(config), "--json"],
+                            capture_output=True, timeout=60, check=True)
+    report = json.loads(result.stdout)
+    rule = report["rules"]["acute-uncomplicated"]
+    assert rule["cards"] == 1
+    assert (rule["accepted"], rule["overridden"]) == (1, 0)  # one card: its latest outcome counts
+    assert report["cards_total"] == 1
