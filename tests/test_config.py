@@ -30,6 +30,7 @@ PRODUCTION = """
 profile = "production"
 public_base_url = "https://cds.example.org"
 database_url = "postgresql://cds:s3cret@db.example.org/cds"
+patient_hash_salt = "a-long-random-secret"
 
 [cors]
 allow_origins = ["https://sandbox.cds-hooks.org"]
@@ -71,6 +72,11 @@ def test_production_example_loads(tmp_path, ehr_jwks):
     assert issuer.tenants == ("hospital-a",)
     assert settings.cors.allow_origins == ("https://sandbox.cds-hooks.org",)
     assert settings.warnings() == []
+
+
+def test_production_without_a_salt_is_pointed_out(tmp_path, ehr_jwks):
+    path = write(tmp_path, PRODUCTION.replace('patient_hash_salt = "a-long-random-secret"\n', ""))
+    assert any("patient_hash_salt is empty" in w for w in config.load_settings(path, {}).warnings())
 
 
 def test_development_profile_with_issuers_still_trusts_the_sandbox(tmp_path, ehr_jwks):
