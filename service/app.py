@@ -18,6 +18,9 @@ from service.security import replay
 from service.store import feedback
 from service.store import schema
 from service.web import errors as web_errors
+from service.web import limits
+from service.web import observability
+from service.web import openapi
 from service.web import routes
 
 log = logging.getLogger(__name__)
@@ -71,7 +74,10 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     services = build_services(settings)
     app.extensions[EXTENSION_KEY] = services
     web_errors.register(app)
+    observability.register(app)  # first: it times and logs every request, CORS preflights included
+    limits.register(app)
     routes.register(app)
+    openapi.register(app, settings.public_base_url)
     if settings.profile is config.Profile.DEVELOPMENT:
         log.warning(
             "DEVELOPMENT PROFILE: trusting the public CDS Hooks sandbox issuer, whose signing key is "

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from service import config
+from service.web import metrics
+from service.web import observability
 
 
 class _Server(BaseApplication):  # type: ignore[misc]
@@ -34,6 +37,7 @@ def run(settings: config.Settings, *, host: str, port: int, workers: int) -> Non
     from service.app import build_services
 
     build_services(settings).close()
+    metrics.prepare_multiprocess_dir(os.environ)
     options = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
@@ -43,6 +47,8 @@ def run(settings: config.Settings, *, host: str, port: int, workers: int) -> Non
         "accesslog": None,          # one structured line per request comes from the app instead
         "errorlog": "-",
         "loglevel": settings.log_level.lower(),
+        # JSON lines on stderr, for gunicorn's own messages and the app's (web/observability.py)
+        "logconfig_dict": observability.logging_config(settings.log_level),
         "proc_name": "lumbar-mri-cds",
     }
     _Server(settings, options).run()

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask import Response
 from flask import current_app
+from flask import g
 from flask import request
 
 from service import app as app_module
@@ -28,6 +29,7 @@ from service.store.feedback import IssuedCard
 from service.web import auth
 from service.web import cors
 from service.web import feedback
+from service.web import observability
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +68,13 @@ def call_service(service_id: str) -> Response:
         raise UnknownService(f"no CDS service with id {service_id!r}; see GET /cds-services")
     services = app_module.services_of(current_app)
     claims = auth.authenticate(services)
+    g.issuer = claims.iss  # g.*: for the request log line and metrics (web/observability.py)
     if not request.is_json:
         raise _UnsupportedMedia()
-    data = envelope.parse_json(request.get_data(cache=False), max_depth=services.settings.limits.max_json_depth)
-    hook_request = envelope.parse_request(data, hook=spec.hook)
-    evaluation = services.evaluator.evaluate(hook_request, date.today(), _fetcher(services, hook_request, claims, started))
+    data = envelope.parse_json(request.get_data(cache=False), services.settings.limits)
+    g.hook_request = hook_request = envelope.parse_request(data, hook=spec.hook)
+    fetch = observability.counted(_fetcher(services, hook_request, claims, started))
+    g.evaluation = evaluation = services.evaluator.evaluate(hook_request, date.today(), fetch)
     if evaluation.cards:
         services.recorder.record_cards([
             IssuedCard(

@@ -1,0 +1,260 @@
+"""What an operator sees: one structured JSON log line per request, and the metrics it counts.
+
+The request line (logger ``lumbar_mri_cds.request``) carries ids and counts only: the request id
+(also sent back as ``X-Request-Id`` and named in every 500), the hookInstance, the CDS service, the
+token's issuer, status, latency, rule ids, ratings and indicators, which prefetch keys the EHR sent
+and which had to be fetched or stayed unavailable, and FHIR request counts. It never carries tokens,
+names, codes, request or response bodies; the patient id appears only as a salted hash
+(``patient_hash_salt``), the same one the store keeps.
+
+The view tells this module what it learnt through ``flask.g``: ``g.issuer``, ``g.hook_request``,
+``g.evaluation``, and ``g.fhir_fetches`` (filled by ``counted``, which wraps the FHIR fetch).
+``JsonFormatter`` renders every log record of the process as one JSON object per line; ``serve``
+installs it through ``logging_config`` so gunicorn workers write these lines to stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import traceback
+from datetime import UTC
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING
+from typing import Any
+
+import orjson
+from flask import Flask
+from flask import Response
+from flask import current_app
+from flask import g
+from flask import request
+
+from service.pipeline import SERVICES
+from service.store.feedback import patient_hash
+from service.web import errors as web_errors
+from service.web import metrics
+
+if TYPE_CHECKING:
+    from service.intake.fhir_client import FetchResult
+    from service.intake.prefetch import Fetch
+
+REQUEST_LOGGER = "lumbar_mri_cds.request"
+log = logging.getLogger(REQUEST_LOGGER)
+
+# hookInstance is meant to be a UUID; anything else (it is caller-controlled text) is not logged.
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,80}")
+_FEEDBACK_OUTCOMES = ("accepted", "overridden")
+
+# Libraries whose debug lines carry URLs with patient ids (urllib3 logs every FHIR query it sends):
+# kept at WARNING by ``logging_config`` whatever the configured level.
+QUIET_LOGGERS = ("urllib3",)
+
+
+def register(app: Flask) -> None:
+    """Time, log and count every request; give the app ``GET /metrics``.
+
+    Register before the other routes and hooks, so that the timer starts before CORS answers a
+    preflight and the line is written after every other ``after_request`` changed the response.
+    """
+    metrics.register(app)
+    app.before_request(_start)
+    app.after_request(_finish)
+    app.teardown_request(_teardown)
+
+
+def counted(fetch: Fetch | None) -> Fetch | None:
+    """Wrap a FHIR fetch function so that the request line and metrics see what it did."""
+    if fetch is None:
+        return None
+
+    def counting(queries: Any, partial: Any) -> FetchResult:
+        result = fetch(queries, partial)
+        keys = tuple(dict.fromkeys([*queries, *partial]))
+        g.setdefault("fhir_fetches", []).append((keys, result))
+        return result
+
+    return counting
+
+
+def _start() -> None:
+    g.started = time.perf_counter()
+    web_errors.request_id()
+
+
+def _finish(response: Response) -> Response:
+    response.headers["X-Request-Id"] = web_errors.request_id()
+    _observe(response.status_code, response)
+    return response
+
+
+def _teardown(exc: BaseException | None) -> None:
+    if not g.get("observed"):  # an after_request hook failed or an error escaped every handler
+        _observe(500, None)
+
+
+def _observe(status: int, response: Response | None) -> None:
+    """Write the request line and count the request; never lets a bug here break the answer."""
+    g.observed = True
+    try:
+        seconds = time.perf_counter() - g.get("started", time.perf_counter())
+        endpoint = request.endpoint or "-"
+        service = _service_label()
+        fields = _request_fields(endpoint, service, status, seconds)
+        if response is not None and status >= 400:
+            fields.update(_error_fields(response))
+        fields.update(_call_fields())
+        _count(endpoint, service, status, seconds)
+    except Exception:
+        log.exception("request %s: could not observe the request", web_errors.request_id())
+        return
+    level = logging.WARNING if status >= 500 else logging.INFO
+    route = request.url_rule.rule if request.url_rule is not None else "-"  # never the raw path
+    log.log(level, "%s %s %d", request.method, route, status, extra={"fields": fields})
+
+
+def _service_label() -> str:
+    service_id = (request.view_args or {}).get("service_id")
+    return service_id if service_id in SERVICES else "-"
+
+
+def _request_fields(endpoint: str, service: str, status: int, seconds: float) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "request_id": web_errors.request_id(),
+        "method": request.method,
+        "endpoint": endpoint,
+        "service": service,
+        "status": status,
+        "latency_ms": round(seconds * 1000, 2),
+    }
+    issuer = g.get("issuer")
+    if issuer:
+        fields["issuer"] = issuer
+    return fields
+
+
+def _error_fields(response: Response) -> dict[str, Any]:
+    """The issue code and element of our own OperationOutcome (its text may quote the request)."""
+    if response.mimetype != "application/fhir+json" or response.is_streamed:
+        return {}
+    try:
+        issue = orjson.loads(response.get_data())["issue"][0]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        return {}
+    out = {"issue": issue.get("code")}
+    if issue.get("expression"):
+        out["expression"] = issue["expression"][0]
+    return out
+
+
+def _call_fields() -> dict[str, Any]:
+    """What a hook call was about and what it decided: ids, keys and counts only."""
+    fields: dict[str, Any] = {}
+    services = current_app.extensions["lumbar_mri_cds"]
+    hook_request = g.get("hook_request")
+    if hook_request is not None:
+        instance = hook_request.hook_instance
+        fields["hook_instance"] = instance if _SAFE_ID.fullmatch(instance) else "(not an id)"
+        fields["patient"] = patient_hash(services.settings.patient_hash_salt, hook_request.patient_id)
+    fetches = g.get("fhir_fetches", ())
+    if fetches:
+        fields["fhir_requests"] = sum(result.requests_made for _, result in fetches)
+        fields["fhir_fetched"] = [k for keys, result in fetches for k in keys if k not in result.failures]
+        fields["fhir_failed"] = [k for keys, result in fetches for k in keys if k in result.failures]
+    evaluation = g.get("evaluation")
+    if evaluation is not None:
+        fields["orders_reviewed"] = evaluation.orders_reviewed
+        fields["rules"] = dict(evaluation.ratings)
+        fields["cards"] = [{"rule": c.rule_id, "indicator": c.card.get("indicator")} for c in evaluation.cards]
+        record = evaluation.record
+        if record is not None:
+            missed = set(record.unavailable) | set(record.fetched_keys)
+            fields["prefetch_hits"] = [k for k in services.evaluator.templates if k not in missed]
+            fields["prefetch_misses"] = [k for k in services.evaluator.templates if k in missed]
+            fields["unavailable"] = list(record.unavailable)
+    return fields
+
+
+def _count(endpoint: str, service: str, status: int, seconds: float) -> None:
+    table = metrics.metrics_of(current_app)
+    table.observe_request(endpoint, service, status, seconds)
+    for keys, result in g.get("fhir_fetches", ()):
+        table.observe_fetch(result, keys)
+    evaluation = g.get("evaluation")
+    if evaluation is not None:
+        table.observe_evaluation(service, evaluation, current_app.extensions["lumbar_mri_cds"].evaluator.templates)
+    if endpoint == "feedback" and status == 200:
+        table.observe_feedback(service, _feedback_outcomes())
+
+
+def _feedback_outcomes() -> list[str]:
+    body = request.get_json(silent=True)  # the view's parsed body (Flask caches it); nothing is logged
+    items = body.get("feedback") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        return []
+    return [
+        item["outcome"] if isinstance(item, dict) and item.get("outcome") in _FEEDBACK_OUTCOMES else "other"
+        for item in items
+    ]
+
+
+class JsonFormatter(logging.Formatter):
+    """Every log record as one JSON object on one line.
+
+    An exception is written as its type and stack frames, without its message: messages of
+    unexpected errors may quote request data.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["exception"] = exception_summary(*record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def exception_summary(kind: type[BaseException], exc: BaseException | None, tb: TracebackType | None) -> dict[str, Any]:
+    """An exception's type and frames (file:line function), its message left out."""
+    frames = [f"{f.filename}:{f.lineno} {f.name}" for f in traceback.extract_tb(tb)]
+    summary: dict[str, Any] = {"type": f"{kind.__module__}.{kind.__qualname__}", "frames": frames[-30:]}
+    cause = exc.__cause__ if exc is not None else None
+    if cause is not None:
+        summary["cause"] = f"{type(cause).__module__}.{type(cause).__qualname__}"
+    return summary
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` dict: JSON lines on stderr for the app and gunicorn alike."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {
+            "gunicorn.error": {"level": level, "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": level, "handlers": [], "propagate": False},
+            **{name: {"level": _at_least_warning(level)} for name in QUIET_LOGGERS},
+        },
+    }
+
+
+def _at_least_warning(level: str) -> str:
+    return level if logging.getLevelName(level.upper()) in (logging.ERROR, logging.CRITICAL) else "WARNING"
+
+
+def configure_logging(level: str) -> None:
+    """Install ``logging_config`` in this process (for callers that do not go through gunicorn)."""
+    import logging.config
+
+    logging.config.dictConfig(logging_config(level))
+
