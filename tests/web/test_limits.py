@@ -328,3 +328,10 @@ def test_a_chunked_body_over_the_limit_is_413_over_real_http(tmp_path, jwks_file
         small = json.dumps(request_with()).encode()
         response = requests.post(base + SELECT, data=iter([small]), headers={**headers, "Authorization": f"Bearer {signer.token(SELECT, aud=base + SELECT)}"}, timeout=10)
         assert response.status_code == 200
+
+
+@pytest.mark.parametrize("body", [b"null", b"3", b'"text"', b"true", b"[]", b"{}", b'"' + b"x" * 2000 + b'"'])
+def test_bodies_that_are_not_objects_are_400(client, signer, body):
+    response = post(client, signer, body)
+    assert response.status_code == 400
+    assert outcome(response)["code"] == "invalid"

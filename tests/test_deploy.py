@@ -1,0 +1,144 @@
+"""The deployment files agree with the configuration format and the service's interface.
+
+No Docker engine runs here: docker-compose.yml is validated by `docker compose config` (or the
+older `docker-compose config`) when a client is installed, and always parsed and checked against
+what the service reads (configuration keys, environment overrides, endpoints).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from service import config
+from service.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DEPLOY_CONFIG = ROOT / "deploy" / "config.toml"
+SECRETS = {"POSTGRES_PASSWORD": "test-password", "PATIENT_HASH_SALT": "test-salt"}
+
+yaml = pytest.importorskip("yaml")
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def substituted(value: str) -> str:
+    """A compose value with ${VAR}, ${VAR:-default} and ${VAR:?message} filled in as for `up`."""
+    def fill(match: re.Match) -> str:
+        name, op, rest = match.group(1), match.group(2), match.group(3)
+        if name in SECRETS:
+            return SECRETS[name]
+        if op == ":-":
+            return rest
+        raise AssertionError(f"{name} has no value in this test")
+    return re.sub(r"\$\{(\w+)(?:(:[-?])([^}]*))?\}", fill, value)
+
+
+def service_environment(compose) -> dict[str, str]:
+    return {k: substituted(str(v)) for k, v in compose["services"]["cds"]["environment"].items()}
+
+
+def test_check_config_accepts_the_sample_configuration():
+    result = CliRunner().invoke(cli, ["check-config", "--config", str(DEPLOY_CONFIG)], env={config.CONFIG_ENV: ""})
+    assert result.exit_code == 0, result.output
+    assert "configuration OK" in result.output
+    assert "profile: production" in result.output
+
+
+def test_the_sample_configuration_with_the_compose_environment(compose):
+    environment = service_environment(compose)
+    settings = config.load_settings(DEPLOY_CONFIG, environment)
+    assert settings.profile is config.Profile.PRODUCTION
+    assert settings.database_url == "postgresql://cds:test-password@postgres:5432/cds"
+    assert settings.patient_hash_salt == "test-salt"
+    assert settings.limits.deadline_seconds == 4.0
+    hapi_base = "http://hapi-fhir:8080/fhir"
+    assert any(hapi_base in issuer.fhir_servers for issuer in settings.issuers)
+    assert not any("salt is empty" in note for note in settings.warnings())
+
+
+def test_every_environment_variable_is_one_the_service_reads(compose):
+    known = {config.CONFIG_ENV} | {config.ENV_PREFIX + suffix for suffix in config._ENV_OVERRIDES}
+    known.add("PROMETHEUS_MULTIPROC_DIR")
+    assert set(service_environment(compose)) <= known
+
+
+def test_the_service_runs_serve_with_the_mounted_configuration(compose):
+    cds = compose["services"]["cds"]
+    command = cds["command"]
+    assert command[:2] == ["lumbar-mri-cds", "serve"]
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert int(command[command.index("--workers") + 1]) >= 2
+    port = command[command.index("--port") + 1]
+    assert any(str(p).endswith(f":{port}") for p in cds["ports"])
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in cds["volumes"]}
+    config_path = cds["environment"][config.CONFIG_ENV]
+    assert (ROOT / mounts[config_path]).resolve() == DEPLOY_CONFIG
+    assert cds["environment"]["PROMETHEUS_MULTIPROC_DIR"].startswith(tuple(cds["tmpfs"]))
+
+
+def test_healthchecks_ask_readyz_and_postgres(compose):
+    services = compose["services"]
+    assert "/readyz" in " ".join(services["cds"]["healthcheck"]["test"])
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    assert services["cds"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_postgres_and_hapi_fhir_are_the_ones_the_configuration_names(compose):
+    services = compose["services"]
+    assert services["postgres"]["image"].startswith("postgres:")
+    assert services["postgres"]["environment"]["POSTGRES_USER"] == "cds"
+    assert services["postgres"]["environment"]["POSTGRES_DB"] == "cds"
+    hapi = services["hapi-fhir"]
+    assert hapi["image"].startswith("hapiproject/hapi:")
+    assert hapi["environment"]["hapi.fhir.fhir_version"] == "R4"
+    raw = tomllib.loads(DEPLOY_CONFIG.read_text())
+    assert "http://hapi-fhir:8080/fhir" in raw["issuers"][0]["fhir_servers"]
+    assert "@postgres:5432/cds" in raw["database_url"]
+
+
+def test_the_dockerfile_serves_the_installed_package():
+    text = DOCKERFILE.read_text()
+    base = re.search(r"^FROM python:(\d+)\.(\d+)", text, re.M)
+    assert base and (int(base[1]), int(base[2])) >= (3, 11)
+    for needed in ("pyproject.toml", "service", "cards"):
+        assert re.search(rf"^COPY .*\b{needed}\b", text, re.M), needed
+    cmd = re.search(r"^CMD (\[.*\])$", text, re.M)
+    assert cmd and '"serve"' in cmd[1] and '"0.0.0.0"' in cmd[1]
+    assert "/readyz" in re.search(r"HEALTHCHECK[\s\S]*?CMD (.*)", text)[1]
+    assert f"{config.CONFIG_ENV}=/etc/lumbar-mri-cds/config.toml" in text
+    assert re.search(r"^USER (?!root)", text, re.M)
+
+
+def _compose_client() -> list[str] | None:
+    for command in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(command[0]) is None:
+            continue
+        if subprocess.run([*command, "version"], capture_output=True).returncode == 0:
+            return command
+    return None
+
+
+def test_docker_compose_config_validates_the_file():
+    client = _compose_client()
+    if client is None:
+        pytest.skip("no docker compose client installed")
+    env = {**os.environ, **SECRETS}
+    result = subprocess.run([*client, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert result.returncode == 0, f"{shlex.join(client)} config: {result.stderr}"
+    missing = {k: v for k, v in env.items() if k not in SECRETS}
+    result = subprocess.run([*client, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, env=missing, cwd=ROOT)
+    assert result.returncode != 0 and "POSTGRES_PASSWORD" in result.stderr  # secrets are required, never defaulted
