@@ -43,6 +43,7 @@ class Services:
         """Release pooled connections and threads."""
         self.fetcher.close()
         self.verifier.close()
+        self.recorder.close()  # writes the cards still queued, before the engine goes
         self.engine.dispose()
 
 
