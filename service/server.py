@@ -38,7 +38,12 @@ def run(settings: config.Settings, *, host: str, port: int, workers: int) -> Non
 
     build_services(settings).close()
     metrics.prepare_multiprocess_dir(os.environ)
-    options = {
+    _Server(settings, gunicorn_options(settings, host=host, port=port, workers=workers)).run()
+
+
+def gunicorn_options(settings: config.Settings, *, host: str, port: int, workers: int) -> dict[str, Any]:
+    """The gunicorn settings `serve` uses (benchmarks/floor.py serves its floor app with the same)."""
+    return {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
         "worker_class": "sync",
@@ -51,4 +56,3 @@ def run(settings: config.Settings, *, host: str, port: int, workers: int) -> Non
         "logconfig_dict": observability.logging_config(settings.log_level),
         "proc_name": "lumbar-mri-cds",
     }
-    _Server(settings, options).run()

@@ -3,12 +3,16 @@
 Every resource returned is a complete R4 ServiceRequest checked with fhir.resources (R4B models, the
 closest to R4 that fhir.resources ships). The Argonaut "CDS Hooks for PAMA" extensions carry the
 rating (decision-rules.md, "The rating the EHR records").
+
+Resources are built from shallow copies of the draft order: an action only replaces top-level
+elements, never changes nested ones, and the pipeline's ``compact`` rebuilds every object and array of
+the response, so the answer never shares a container with the request.
 """
 
 from __future__ import annotations
 
-import copy
 import uuid
+from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
 
@@ -72,74 +76,194 @@ def checked(resource: Mapping[str, Any]) -> dict[str, Any]:
     return dict(resource)
 
 
-def with_rating(resource: Mapping[str, Any], rating: str, rule_id: str) -> dict[str, Any]:
-    """A copy of the order with the three Argonaut PAMA extensions (replacing any earlier ones)."""
-    out = copy.deepcopy(dict(resource))
-    kept = [e for e in out.get("extension", []) if isinstance(e, dict) and e.get("url") not in PAMA_URLS]
-    out["extension"] = kept + [
+def _valid(resource: Mapping[str, Any]) -> bool:
+    try:
+        checked(resource)
+    except InvalidOrder:
+        return False
+    return True
+
+
+# A valid ServiceRequest with nothing optional: an element is checked by adding it to this.
+_MINIMAL: dict[str, Any] = {
+    "resourceType": "ServiceRequest",
+    "status": "draft",
+    "intent": "order",
+    "subject": {"reference": "Patient/example"},
+}
+
+
+class Checks:
+    """The elements the actions add to draft orders, each checked once per app (style.md 3.5).
+
+    Why a resource can skip its whole-resource check: fhir.resources validates each top-level
+    element of a ServiceRequest on its own; its model-level rules (required primitives `status` and
+    `intent`, the choice types `occurrence[x]`, `quantity[x]`, `asNeeded[x]`, no null in a list)
+    concern elements no action changes or adds. Every resource an action returns is a draft order
+    with some elements replaced, or some entries of a list dropped, plus elements built from card
+    content and constants alone. So if the draft order is valid (checked once per order: ``Draft``)
+    and every added element is (checked here, the first time it is used, on ``_MINIMAL``), the
+    result is valid. Otherwise the resource is checked whole, as before.
+    """
+
+    def __init__(self) -> None:
+        # Keyed by card content and constants only (never request data), so it stays small.
+        self._known: dict[tuple[str, ...], bool] = {}
+
+    def __len__(self) -> int:
+        """How many additions have been checked (start-up should leave none for the requests)."""
+        return len(self._known)
+
+    def element(self, key: tuple[str, ...], make: Callable[[], Mapping[str, Any]]) -> bool:
+        """Whether the elements `make` builds, which depend on `key` alone, are valid R4."""
+        known = self._known.get(key)
+        if known is None:
+            known = self._known[key] = _valid({**_MINIMAL, **make()})
+        return known
+
+    def rating(self, rating: str, rule_id: str) -> bool:
+        """The three PAMA extensions `with_rating` adds (the consult id is always a urn:uuid)."""
+        return (
+            self.element(("rating", rating), lambda: {"extension": _pama_extensions(rating, "none")[:1]})
+            and self.element(("consult-id",), lambda: {"extension": _pama_extensions("none", "none")[1:2]})
+            and self.element(("auc-applied", rule_id), lambda: {"extension": _pama_extensions("none", rule_id)[2:]})
+        )
+
+    def priority_stat(self) -> bool:
+        """The priority `set_priority_stat` sets."""
+        return self.element(("priority", "stat"), lambda: {"priority": "stat"})
+
+    def code(self, code: str, display: str) -> bool:
+        """The code `replace_code` sets."""
+        return self.element(("code", code, display), lambda: {"code": _cpt_code(code, display)})
+
+    def reason(self, reason: str) -> bool:
+        """The reasonCode entry `add_reason` adds."""
+        return self.element(("reason", reason), lambda: {"reasonCode": [_reason_code(reason)]})
+
+    def physical_therapy(self) -> bool:
+        """The constant elements of `refer_physical_therapy`'s referral."""
+        return self.element(("physical-therapy",), lambda: {"code": _pt_code(), "note": [{"text": PT_NOTE}]})
+
+
+class Draft:
+    """A draft order the actions are built from; the order itself is checked at most once."""
+
+    def __init__(self, order: Order, checks: Checks) -> None:
+        self.order = order
+        self.checks = checks
+        self._valid: bool | None = None
+
+    def result(self, resource: Mapping[str, Any], additions_valid: bool) -> dict[str, Any]:
+        """`resource`, built from this draft plus valid-or-not additions; InvalidOrder if not R4."""
+        if additions_valid:
+            if self._valid is None:
+                self._valid = _valid(self.order.resource)
+            if self._valid:
+                return dict(resource)
+        return checked(resource)  # an invalid draft order, or addition: check the whole resource
+
+
+def _pama_extensions(rating: str, rule_id: str) -> list[dict[str, Any]]:
+    return [
         {"url": PAMA_RATING, "valueCodeableConcept": {"coding": [{"system": PAMA_RATING_SYSTEM, "code": rating}]}},
         {"url": PAMA_CONSULT_ID, "valueUri": f"urn:uuid:{uuid.uuid4()}"},
         {"url": PAMA_AUC_APPLIED, "valueUri": f"{AUC_BASE}#{rule_id}"},
     ]
+
+
+def _cpt_code(code: str, display: str) -> dict[str, Any]:
+    return {"coding": [{"system": CPT, "code": code, "display": display}], "text": display}
+
+
+def _reason_code(reason: str) -> dict[str, Any]:
+    codings = REASONS[reason]
+    return {"coding": [dict(c) for c in codings], "text": codings[0]["display"]}
+
+
+def _pt_code() -> dict[str, Any]:
+    return {"coding": [dict(PHYSICAL_THERAPY)], "text": "Physical therapy"}
+
+
+def with_rating(resource: Mapping[str, Any], rating: str, rule_id: str) -> dict[str, Any]:
+    """A copy of the order with the three Argonaut PAMA extensions (replacing any earlier ones)."""
+    out = dict(resource)
+    kept = [e for e in out.get("extension", []) if isinstance(e, dict) and e.get("url") not in PAMA_URLS]
+    out["extension"] = kept + _pama_extensions(rating, rule_id)
     return out
 
 
-def rating_action(order: Order, rating: str, rule_id: str) -> dict[str, Any]:
+def rating_action(draft: Draft, rating: str, rule_id: str) -> dict[str, Any]:
     """The systemAction that records the rating on the draft order."""
+    resource = with_rating(draft.order.resource, rating, rule_id)
     return {
         "type": "update",
         "description": f"Record the appropriate-use rating ({rating}, rule {rule_id})",
-        "resource": checked(with_rating(order.resource, rating, rule_id)),
+        "resource": draft.result(resource, draft.checks.rating(rating, rule_id)),
     }
 
 
-def delete_order(order: Order) -> dict[str, Any]:
+def delete_order(draft: Draft) -> dict[str, Any]:
     """Cancel the draft order."""
-    return {"type": "delete", "description": "Cancel the draft lumbar MRI order", "resourceId": order.reference}
+    return {"type": "delete", "description": "Cancel the draft lumbar MRI order", "resourceId": draft.order.reference}
 
 
-def set_priority_stat(order: Order, rating: str | None, rule_id: str) -> dict[str, Any]:
+def set_priority_stat(draft: Draft, rating: str | None, rule_id: str) -> dict[str, Any]:
     """The same order, priority STAT."""
-    resource = _rated(dict(order.resource), rating, rule_id)
+    resource = _rated(dict(draft.order.resource), rating, rule_id)
     resource["priority"] = "stat"
-    return {"type": "update", "description": "Make the lumbar MRI order STAT", "resource": checked(resource)}
+    valid = draft.checks.priority_stat() and _rating_valid(draft, rating, rule_id)
+    return {"type": "update", "description": "Make the lumbar MRI order STAT", "resource": draft.result(resource, valid)}
 
 
-def replace_code(order: Order, code: str, display: str, rating: str | None, rule_id: str) -> dict[str, Any]:
+def replace_code(draft: Draft, code: str, display: str, rating: str | None, rule_id: str) -> dict[str, Any]:
     """The same order for another study (CPT code)."""
-    resource = _rated(dict(order.resource), rating, rule_id)
-    resource["code"] = {"coding": [{"system": CPT, "code": code, "display": display}], "text": display}
-    return {"type": "update", "description": f"Order {display} (CPT {code}) instead", "resource": checked(resource)}
+    resource = _rated(dict(draft.order.resource), rating, rule_id)
+    resource["code"] = _cpt_code(code, display)
+    valid = draft.checks.code(code, display) and _rating_valid(draft, rating, rule_id)
+    return {"type": "update", "description": f"Order {display} (CPT {code}) instead", "resource": draft.result(resource, valid)}
 
 
-def add_reason(order: Order, reason: str) -> dict[str, Any]:
+def add_reason(draft: Draft, reason: str) -> dict[str, Any]:
     """The same order with a documented indication added to reasonCode."""
-    resource = copy.deepcopy(dict(order.resource))
+    resource = dict(draft.order.resource)
     codings = REASONS[reason]
     reasons = [r for r in resource.get("reasonCode", []) if isinstance(r, dict) and r.get("coding")]
-    resource["reasonCode"] = reasons + [{"coding": [dict(c) for c in codings], "text": codings[0]["display"]}]
-    return {"type": "update", "description": f"Add the reason: {codings[0]['display']}", "resource": checked(resource)}
+    resource["reasonCode"] = reasons + [_reason_code(reason)]
+    return {
+        "type": "update",
+        "description": f"Add the reason: {codings[0]['display']}",
+        "resource": draft.result(resource, draft.checks.reason(reason)),
+    }
 
 
-def refer_physical_therapy(order: Order) -> dict[str, Any]:
+def refer_physical_therapy(draft: Draft) -> dict[str, Any]:
     """A new draft physical-therapy referral for the same patient and reasons."""
-    source = order.resource
+    source = draft.order.resource
     resource: dict[str, Any] = {
         "resourceType": "ServiceRequest",
         "status": "draft",
         "intent": "order",
-        "code": {"coding": [dict(PHYSICAL_THERAPY)], "text": "Physical therapy"},
-        "subject": copy.deepcopy(source["subject"]),
+        "code": _pt_code(),
+        "subject": source["subject"],
         "note": [{"text": PT_NOTE}],
     }
     reasons = [r for r in source.get("reasonCode", []) if isinstance(r, dict) and r.get("coding")]
     if reasons:
-        resource["reasonCode"] = copy.deepcopy(reasons)
+        resource["reasonCode"] = reasons
     for key in ("encounter", "requester"):
         if isinstance(source.get(key), dict):
-            resource[key] = copy.deepcopy(source[key])
-    return {"type": "create", "description": "Refer to physical therapy; re-evaluate at 6 weeks", "resource": checked(resource)}
+            resource[key] = source[key]
+    return {
+        "type": "create",
+        "description": "Refer to physical therapy; re-evaluate at 6 weeks",
+        "resource": draft.result(resource, draft.checks.physical_therapy()),
+    }
 
 
 def _rated(resource: dict[str, Any], rating: str | None, rule_id: str) -> dict[str, Any]:
-    return with_rating(resource, rating, rule_id) if rating else copy.deepcopy(resource)
+    return with_rating(resource, rating, rule_id) if rating else dict(resource)
+
+
+def _rating_valid(draft: Draft, rating: str | None, rule_id: str) -> bool:
+    return draft.checks.rating(rating, rule_id) if rating else True

@@ -41,29 +41,56 @@ class RenderedCard:
     suggestion_uuids: tuple[str, ...]
 
 
-def render_decision(decision: Decision, table: RuleTable) -> tuple[list[RenderedCard], dict[str, Any] | None]:
+def prepare_checks(table: RuleTable) -> actions.Checks:
+    """The action checks, with every element the card content can add checked now, at start-up."""
+    checks = actions.Checks()
+    ratings = {r.rating for r in table.rules} | {s.rating for c in table.cards.values() for s in c.suggestions}
+    for rating in sorted(r for r in ratings if r and r not in ("none", "same-as-order")):
+        checks.rating(rating, "none")
+    for rule_id in sorted({r.id for r in table.rules} | {"none"}):
+        checks.rating("appropriate", rule_id)
+    checks.priority_stat()
+    checks.physical_therapy()
+    for reason in actions.REASONS:
+        checks.reason(reason)
+    for content in table.cards.values():
+        for spec in content.suggestions:
+            if spec.action == "replace-code" and spec.code:
+                checks.code(spec.code, spec.display or spec.code)
+    for modifier in table.modifiers:
+        if modifier.replace_with:
+            checks.code(modifier.replace_with, modifier.replace_display or modifier.replace_with)
+    return checks
+
+
+def render_decision(
+    decision: Decision, table: RuleTable, checks: actions.Checks | None = None
+) -> tuple[list[RenderedCard], dict[str, Any] | None]:
     """The cards of one order (rating card first, then modifiers) and its rating systemAction."""
     facts = decision.facts
+    draft = actions.Draft(facts.order, checks or actions.Checks())
     rendered: list[RenderedCard] = []
     rule = decision.rule
     if rule is not None and rule.card:
         content = table.cards[rule.id]
-        rendered.append(_card(content, decision, table, modifier=None, rating_card=True))
+        rendered.append(_card(content, decision, table, draft, modifier=None, rating_card=True))
     for modifier in decision.modifiers:
-        rendered.append(_card(table.cards[modifier.id], decision, table, modifier=modifier, rating_card=False))
+        rendered.append(_card(table.cards[modifier.id], decision, table, draft, modifier=modifier, rating_card=False))
     system_action = None
     if rule is not None and decision.rating is not None:
         try:
-            system_action = actions.rating_action(facts.order, decision.rating, rule.id)
+            system_action = actions.rating_action(draft, decision.rating, rule.id)
         except actions.InvalidOrder as exc:
             log.warning("no rating for %s: %s", facts.order.reference, exc)
     return rendered, system_action
 
 
-def _card(content: CardContent, decision: Decision, table: RuleTable, *, modifier: Modifier | None, rating_card: bool) -> RenderedCard:
+def _card(
+    content: CardContent, decision: Decision, table: RuleTable, draft: actions.Draft, *, modifier: Modifier | None, rating_card: bool
+) -> RenderedCard:
     facts = decision.facts
     prior = _prior_date(facts)
-    suggestions = [s for s in (_suggestion(s, decision, modifier) for s in content.suggestions) if s is not None]
+    suggestions = [s for s in (_suggestion(s, decision, draft, modifier) for s in content.suggestions) if s is not None]
     lead = table.sources[content.cites[0]]
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
@@ -85,28 +112,28 @@ def _card(content: CardContent, decision: Decision, table: RuleTable, *, modifie
     return RenderedCard(card=card, rule_id=content.id, suggestion_uuids=tuple(s["uuid"] for s in suggestions))
 
 
-def _suggestion(spec: Suggestion, decision: Decision, modifier: Modifier | None) -> dict[str, Any] | None:
+def _suggestion(spec: Suggestion, decision: Decision, draft: actions.Draft, modifier: Modifier | None) -> dict[str, Any] | None:
     facts = decision.facts
     rule_id = decision.rule.id if decision.rule else "none"
     rating = decision.rating if spec.rating == "same-as-order" else spec.rating
     try:
         match spec.action:
             case "delete-order":
-                action = actions.delete_order(facts.order)
+                action = actions.delete_order(draft)
             case "refer-physical-therapy":
-                action = actions.refer_physical_therapy(facts.order)
+                action = actions.refer_physical_therapy(draft)
             case "set-priority-stat":
                 if facts.order.priority in ("stat", "asap"):
                     return None  # already urgent (decision-rules.md rule 1)
-                action = actions.set_priority_stat(facts.order, rating, rule_id)
+                action = actions.set_priority_stat(draft, rating, rule_id)
             case "replace-code":
                 code = (modifier.replace_with if modifier and modifier.replace_with else spec.code) or ""
                 display = (modifier.replace_display if modifier and modifier.replace_with else spec.display) or code
                 if code == facts.order.code:
                     return None  # already the study the card proposes
-                action = actions.replace_code(facts.order, code, display, rating, rule_id)
+                action = actions.replace_code(draft, code, display, rating, rule_id)
             case "add-reason":
-                action = actions.add_reason(facts.order, spec.reason or "")
+                action = actions.add_reason(draft, spec.reason or "")
             case _:
                 return None
     except (actions.InvalidOrder, KeyError) as exc:
@@ -175,11 +202,25 @@ def _code_label(system: str) -> str:
     return {actions.CPT: "CPT", "urn:oid:2.16.840.1.113883.6.12": "CPT", "http://loinc.org": "LOINC", actions.SNOMED: "SNOMED CT"}.get(system, system)
 
 
+_EMPTY = (None, "", [], {})
+_LEAVES = frozenset({str, int, float, bool, type(None)})  # JSON values compact() returns as they are
+
+
 def compact(value: Any) -> Any:
-    """Drop null, empty-string, empty-list and empty-object members, recursively."""
+    """Drop null, empty-string, empty-list and empty-object members, recursively.
+
+    An object member is dropped when it is empty after compaction; an array item when it is empty
+    before (so ``[{"a": null}]`` becomes ``[{}]``). It walks the whole response on every call, so
+    leaves are not recursed into.
+    """
     if isinstance(value, Mapping):
-        out = {k: compact(v) for k, v in value.items()}
-        return {k: v for k, v in out.items() if v not in (None, "", [], {})}
+        out = {}
+        for key, item in value.items():
+            if type(item) not in _LEAVES:
+                item = compact(item)
+            if item not in _EMPTY:
+                out[key] = item
+        return out
     if isinstance(value, list):
-        return [compact(v) for v in value if v not in (None, "", [], {})]
+        return [item if type(item) in _LEAVES else compact(item) for item in value if item not in _EMPTY]
     return value

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt as pyjwt
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from service import errors
 from service.config import IssuerSettings
@@ -63,6 +64,7 @@ class TokenVerifier:
         self._keys = key_store or keys_mod.KeyStore(
             settings.issuers, refuse_published_keys=settings.profile is Profile.PRODUCTION
         )
+        _warm_up()
 
     def verify(self, authorization: str | None, audience: str) -> Claims:
         """The claims of a valid token for `audience`; raises NotAuthenticated with the reason."""
@@ -100,6 +102,14 @@ class TokenVerifier:
     def _check_lifetime(self, payload: dict[str, Any]) -> None:
         if int(payload["exp"]) > time.time() + MAX_LIFETIME_SECONDS + LEEWAY_SECONDS:
             raise errors.NotAuthenticated(f"exp is more than {MAX_LIFETIME_SECONDS} s in the future")
+
+
+def _warm_up() -> None:
+    """Sign and verify a throwaway token, so the first EHR call does not pay for the crypto
+    library's lazy imports (cryptography loads its OpenSSL backend on the first ECDSA use)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = pyjwt.encode({"warm-up": True}, key, algorithm="ES256")
+    pyjwt.decode(token, key.public_key(), algorithms=["ES256"])
 
 
 def _bearer_token(authorization: str | None) -> str:

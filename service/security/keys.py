@@ -89,6 +89,10 @@ class KeyStore:
         self._sets: dict[str, KeySet] = {}            # iss -> last good set
         self._attempted: dict[str, float] = {}        # iss -> monotonic time of the last fetch
         self._fetch_locks = {iss: threading.Lock() for iss in self._issuers}
+        # (iss, kid, alg) -> (the JWK as held in its KeySet, that key bound to alg): building a PyJWK
+        # parses and checks the public key, work a token for the same key need not repeat. An entry
+        # counts only while its JWK is the one the current set holds (a refresh replaces them).
+        self._bound: dict[tuple[str, str, str], tuple[Mapping[str, Any], pyjwt.PyJWK]] = {}
         for issuer in self._issuers.values():
             if issuer.jwks_file is not None:
                 self._sets[issuer.iss] = self._read_file(issuer.jwks_file)
@@ -98,7 +102,12 @@ class KeyStore:
         jwk = self._find(issuer, kid)
         if jwk is None:
             raise KeyUnavailable(f"issuer {issuer.iss}: no key with kid {loggable(kid)}")
-        return bind(jwk, alg, where=f"issuer {issuer.iss}, kid {loggable(kid)}")
+        cached = self._bound.get((issuer.iss, kid, alg))
+        if cached is not None and cached[0] is jwk:
+            return cached[1]
+        bound = bind(jwk, alg, where=f"issuer {issuer.iss}, kid {loggable(kid)}")
+        self._bound[(issuer.iss, kid, alg)] = (jwk, bound)  # kid is in the set, alg one of 9: bounded
+        return bound
 
     def key_set(self, issuer: IssuerSettings, *, fetch: bool = False) -> KeySet | None:
         """The cached set of this issuer (fetched first if `fetch`); for check-config."""

@@ -34,6 +34,8 @@ seen_tokens = sa.Table(
     sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),  # epoch s: exp + leeway
 )
 
+_INSERT = sa.insert(seen_tokens)
+
 
 class ReplayCache:
     """Remembers (iss, jti) pairs until their tokens expire, in the shared store."""
@@ -74,7 +76,9 @@ class ReplayCache:
     def _insert(self, iss: str, digest: str, expires_at: int) -> bool:
         try:
             with self._engine.begin() as conn:
-                conn.execute(sa.insert(seen_tokens).values(iss=iss, jti_sha256=digest, expires_at=expires_at))
+                # One statement built once, the values as parameters: SQLAlchemy then reuses its
+                # compiled form instead of building and caching a new statement on every call.
+                conn.execute(_INSERT, {"iss": iss, "jti_sha256": digest, "expires_at": expires_at})
         except sa.exc.IntegrityError:
             return False
         return True

@@ -273,3 +273,27 @@ def test_absurdly_nested_answer_fails_the_token(httpserver):
     issuer = url_issuer(httpserver)
     with pytest.raises(keys.KeyUnavailable, match="not a usable JWK Set"):
         keys.KeyStore([issuer]).key_set(issuer, fetch=True)
+
+
+def test_a_key_is_bound_once_and_reused(tmp_path, jwks):
+    issuer = file_issuer(tmp_path, jwks)
+    store = keys.KeyStore([issuer])
+    first = store.key(issuer, EC_KID, "ES384")
+    assert store.key(issuer, EC_KID, "ES384") is first  # no PyJWK built per token
+    assert store.key(issuer, RSA_KID, "PS512") is not store.key(issuer, RSA_KID, "RS256")  # one per alg
+    with pytest.raises(keys.KeyUnavailable, match="does not fit"):
+        store.key(issuer, EC_KID, "RS256")  # a refused binding is not remembered as a key
+
+
+def test_a_new_key_under_the_same_kid_replaces_the_bound_one(httpserver, jwks, rogue_key):
+    rotated = {"keys": [public_jwk(rogue_key, EC_KID)]}
+    httpserver.expect_ordered_request("/jwks.json").respond_with_json(jwks)
+    httpserver.expect_ordered_request("/jwks.json").respond_with_json(rotated)
+    clock = Clock()
+    issuer = url_issuer(httpserver)
+    store = keys.KeyStore([issuer], clock=clock)
+    before = store.key(issuer, EC_KID, "ES384")
+    clock.now += keys.MAX_AGE_SECONDS + 1
+    after = store.key(issuer, EC_KID, "ES384")
+    assert after.key.public_numbers() == rogue_key.public_key().public_numbers()
+    assert before.key.public_numbers() != after.key.public_numbers()
