@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
+from typing import Any
 
 from flask import Flask
 from flask import Response
@@ -46,6 +47,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry, *, multiprocess_dir: str | None = None) -> None:
         self.registry = registry
         self.multiprocess_dir = multiprocess_dir
+        # (metric, label values) -> child: prometheus-client's labels() validates and locks on each call,
+        # which was most of the cost of counting a request; the label sets are closed, so this stays small.
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             f"{PREFIX}_requests", "HTTP requests answered, by endpoint, CDS service and status",
             ["endpoint", "service", "status"], registry=registry)
@@ -74,32 +78,38 @@ class Metrics:
     def observe_request(self, endpoint: str, service: str, status: int, seconds: float) -> None:
         """Count one answered request."""
         labels = (endpoint, service, str(status))
-        self.requests.labels(*labels).inc()
-        self.latency.labels(*labels).observe(seconds)
+        self._child(self.requests, labels).inc()
+        self._child(self.latency, labels).observe(seconds)
 
     def observe_evaluation(self, service: str, evaluation: Evaluation, templates: Iterable[str]) -> None:
         """Count the cards, ratings and prefetch use of one evaluated hook call."""
         for card in evaluation.cards:
-            self.cards.labels(service, card.rule_id, str(card.card.get("indicator", "-"))).inc()
+            self._child(self.cards, (service, card.rule_id, str(card.card.get("indicator", "-")))).inc()
         for rule, rating in evaluation.ratings.items():
-            self.ratings.labels(service, rule, rating).inc()
+            self._child(self.ratings, (service, rule, rating)).inc()
         record = evaluation.record
         if record is None:
             return
         for key in templates:
             source = "unavailable" if key in record.unavailable else "fhir" if key in record.fetched_keys else "prefetch"
-            self.prefetch.labels(key, source).inc()
+            self._child(self.prefetch, (key, source)).inc()
 
     def observe_fetch(self, result: FetchResult, keys: Iterable[str]) -> None:
         """Count one FHIR fetch: its HTTP requests and each key's result."""
         self.fhir_requests.inc(result.requests_made)
         for key in keys:
-            self.fhir_fetches.labels(key, "failed" if key in result.failures else "ok").inc()
+            self._child(self.fhir_fetches, (key, "failed" if key in result.failures else "ok")).inc()
 
     def observe_feedback(self, service: str, outcomes: Iterable[str]) -> None:
         """Count stored feedback items."""
         for outcome in outcomes:
-            self.feedback.labels(service, outcome).inc()
+            self._child(self.feedback, (service, outcome)).inc()
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        child = self._children.get((metric, labels))
+        if child is None:
+            child = self._children[(metric, labels)] = metric.labels(*labels)
+        return child
 
     def exposition(self) -> bytes:
         """The Prometheus text of this app (or of every worker, in multiprocess mode)."""
