@@ -133,6 +133,12 @@ def _status(resource: Mapping[str, Any], field: str) -> str | None:
     return None
 
 
+def _status_code(resource: Mapping[str, Any]) -> str | None:
+    """A resource's `status` code; anything but a string (an EHR's list or object) reads as none."""
+    status = resource.get("status")
+    return status if isinstance(status, str) else None
+
+
 def _codings(codeable: Any) -> Iterable[Mapping[str, Any]]:
     if not isinstance(codeable, Mapping):
         return ()
@@ -217,7 +223,7 @@ def _read_observations(
 ) -> None:
     latest_pregnancy: tuple[date, Mapping[str, Any]] | None = None
     for obs in observations:
-        if obs.get("status") in OBSERVATION_NOT_TRUE:
+        if _status_code(obs) in OBSERVATION_NOT_TRUE:
             continue
         concepts, _ = concepts_of(obs.get("code"), vs)
         if not concepts:
@@ -262,7 +268,7 @@ def _read_procedures_and_orders(
 ) -> list[model.Evidence]:
     conservative: list[model.Evidence] = []
     for proc in record.of("Procedure"):
-        if proc.get("status") in PROCEDURE_NOT_DONE:
+        if _status_code(proc) in PROCEDURE_NOT_DONE:
             continue
         concepts, text = concepts_of(proc.get("code"), vs)
         if not concepts:
@@ -277,7 +283,7 @@ def _read_procedures_and_orders(
             _add(found, F.PRIOR_LUMBAR_MRI, evidence)
     for order in record.of("ServiceRequest"):
         # Referrals placed (not drafts): a PT referral documents a conservative trial.
-        if order.get("status") in ORDER_NOT_TRUE:
+        if _status_code(order) in ORDER_NOT_TRUE:
             continue
         concepts, text = concepts_of(order.get("code"), vs)
         on = first_date(order, "occurrenceDateTime", "occurrencePeriod", "authoredOn")
@@ -296,7 +302,7 @@ def _read_medications(
     steroid_days = 0
     steroid_evidence: list[model.Evidence] = []
     for med in medications:
-        if med.get("status") in MEDICATION_NOT_TRUE:
+        if _status_code(med) in MEDICATION_NOT_TRUE:
             continue
         concepts, text = concepts_of(med.get("medicationCodeableConcept"), vs)
         if not concepts:
@@ -339,7 +345,7 @@ def _supply_days(med: Mapping[str, Any]) -> int:
 
 def _read_imaging(record: PatientRecord, vs: ValueSets, today: date, found: dict[model.Finding, list[model.Evidence]]) -> None:
     for study in record.of("ImagingStudy"):
-        if study.get("status") in REPORT_NOT_TRUE:
+        if _status_code(study) in REPORT_NOT_TRUE:
             continue
         on = first_date(study, "started")
         codeables = study.get("procedureCode")
@@ -349,7 +355,7 @@ def _read_imaging(record: PatientRecord, vs: ValueSets, today: date, found: dict
                 _add(found, F.PRIOR_LUMBAR_MRI, model.Evidence(reference=_reference(study), on=on, text=text))
                 break
     for report in record.of("DiagnosticReport"):
-        if report.get("status") in REPORT_NOT_TRUE:
+        if _status_code(report) in REPORT_NOT_TRUE:
             continue
         concepts, text = concepts_of(report.get("code"), vs)
         on = first_date(report, "effectiveDateTime", "effectivePeriod", "issued")

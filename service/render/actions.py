@@ -188,7 +188,7 @@ def _pt_code() -> dict[str, Any]:
 def with_rating(resource: Mapping[str, Any], rating: str, rule_id: str) -> dict[str, Any]:
     """A copy of the order with the three Argonaut PAMA extensions (replacing any earlier ones)."""
     out = dict(resource)
-    kept = [e for e in out.get("extension", []) if isinstance(e, dict) and e.get("url") not in PAMA_URLS]
+    kept = [e for e in _entries(out.get("extension")) if e.get("url") not in PAMA_URLS]
     out["extension"] = kept + _pama_extensions(rating, rule_id)
     return out
 
@@ -228,7 +228,7 @@ def add_reason(draft: Draft, reason: str) -> dict[str, Any]:
     """The same order with a documented indication added to reasonCode."""
     resource = dict(draft.order.resource)
     codings = REASONS[reason]
-    reasons = [r for r in resource.get("reasonCode", []) if isinstance(r, dict) and r.get("coding")]
+    reasons = [r for r in _entries(resource.get("reasonCode")) if r.get("coding")]
     resource["reasonCode"] = reasons + [_reason_code(reason)]
     return {
         "type": "update",
@@ -245,10 +245,10 @@ def refer_physical_therapy(draft: Draft) -> dict[str, Any]:
         "status": "draft",
         "intent": "order",
         "code": _pt_code(),
-        "subject": source["subject"],
+        "subject": source.get("subject"),
         "note": [{"text": PT_NOTE}],
     }
-    reasons = [r for r in source.get("reasonCode", []) if isinstance(r, dict) and r.get("coding")]
+    reasons = [r for r in _entries(source.get("reasonCode")) if r.get("coding")]
     if reasons:
         resource["reasonCode"] = reasons
     for key in ("encounter", "requester"):
@@ -267,3 +267,8 @@ def _rated(resource: dict[str, Any], rating: str | None, rule_id: str) -> dict[s
 
 def _rating_valid(draft: Draft, rating: str | None, rule_id: str) -> bool:
     return draft.checks.rating(rating, rule_id) if rating else True
+
+
+def _entries(value: Any) -> list[dict[str, Any]]:
+    """The objects of a JSON array element; a malformed element (not an array) has none."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []

@@ -419,10 +419,10 @@ def _timestamp(value: Any, at: str, errors: _Errors) -> datetime | None:
     offset = "+00:00" if match["offset"] in ("Z", "z") else match["offset"]
     try:
         parsed = datetime.fromisoformat(f"{match['date']}T{match['time']}.{frac}{offset}")
-    except ValueError:
+        return parsed.astimezone(timezone.utc)  # OverflowError at the edges of year 1 and 9999
+    except (ValueError, OverflowError):
         errors.append((at, "is not a valid date-time"))
         return None
-    return parsed.astimezone(timezone.utc)
 
 
 # --- the writer thread ----------------------------------------------------------------------------

@@ -232,14 +232,6 @@ RETYPED_FIXTURES = ["acute-uncomplicated", "fever-infection-risk", "persistent-a
                     "repeat-imaging", "prior-lumbar-surgery", "pregnancy-contrast", "order-sign-two-orders",
                     "trauma-ct-first", "contrast-choice"]
 
-# Found by the long fuzz run (issue 6): facts/extract.py tests `resource.get("status") in <frozenset>`,
-# a TypeError (500) when an EHR sends a list or an object as a status. Until that is fixed these
-# paths are reported as an expected failure; any other 5xx fails the test.
-KNOWN_STATUS_BUG = {("prefetch", key, "entry", "#", "resource", "status")
-                    for key in ("observations", "procedures", "medications", "serviceRequests",
-                                "imagingStudies", "diagnosticReports")}
-
-
 def test_every_field_retyped_never_gets_a_5xx(client, signer):
     """Each scalar of the requests (prefetch, context, envelope) turned into a list and an object."""
     failing: dict[tuple, set[str]] = {}
@@ -257,10 +249,8 @@ def test_every_field_retyped_never_gets_a_5xx(client, signer):
                                        headers=signer.headers(path))
                 if response.status_code >= 500:
                     failing.setdefault(tuple(k if isinstance(k, str) else "#" for k in at), set()).add(name)
-    unexpected = {at: names for at, names in failing.items() if at not in KNOWN_STATUS_BUG}
-    assert not unexpected, f"5xx when retyping {unexpected}"
-    if failing:
-        pytest.xfail(f"known: facts/extract.py fails on a non-string status at {sorted(failing)}")
+    # The long fuzz run found a list or object as a resource `status` (facts/extract.py) here.
+    assert not failing, f"5xx when retyping {failing}"
 
 
 @pytest.mark.parametrize("timestamp", ["0001-01-01T00:07:01+18:35", "9999-12-31T23:59:59-12:00"])
@@ -268,8 +258,5 @@ def test_feedback_with_a_timestamp_at_the_edge_of_time_is_400(client, signer, ti
     path = SELECT + "/feedback"
     body = {"feedback": [{"card": "x", "outcome": "overridden", "outcomeTimestamp": timestamp}]}
     response = client.post(path, json=body, headers=signer.headers(path))
-    if response.status_code == 500:
-        # Found by the long fuzz run (issue 6): store/feedback.py `_timestamp` lets
-        # datetime.astimezone's OverflowError escape. Remove this branch once fixed.
-        pytest.xfail("known: store/feedback.py _timestamp raises OverflowError at the edge of the datetime range")
+    # Found by the long fuzz run: datetime.astimezone's OverflowError at the edges of the range.
     assert response.status_code == 400
