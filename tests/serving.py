@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,12 +44,15 @@ def write_config(directory: Path, *, port: int, jwks_file: Path, issuer: str, da
 def serving(config: Path, port: int, *, workers: int = 2, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
     """Start the service, wait until /healthz answers, stop it with SIGTERM afterwards."""
     command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", str(workers), "--config", str(config)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+    # Output goes to a file, not a pipe nobody reads: a pipe fills after ~80 logged calls and stalls the workers.
+    output = tempfile.TemporaryFile()
+    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     try:
         deadline = time.monotonic() + 30
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"serve exited with {process.returncode}: {process.stderr.read().decode()[-2000:]}")
+                output.seek(0)
+                raise RuntimeError(f"serve exited with {process.returncode}: {output.read().decode()[-2000:]}")
             try:
                 if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                     break
@@ -66,3 +70,4 @@ def serving(config: Path, port: int, *, workers: int = 2, env: dict[str, str] | 
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        output.close()

@@ -55,6 +55,9 @@ MAX_CODE_CHARS = 256          # Coding.code
 MAX_TEXT_CHARS = 1024         # Coding.system, Coding.display
 LOOKUP_WAIT_SECONDS = 1.0     # how long to wait for a card another worker may just have issued
 WRITE_INTERVAL_SECONDS = 0.1  # the writer thread never holds rows longer than this when idle
+# Under load, one commit (one fsync) at most this often, carrying every card queued meanwhile: the
+# fsync per hook call was a fifth of a worker's time (benchmarks/README.md). A flush does not wait.
+COMMIT_INTERVAL_SECONDS = 0.05
 MAX_PENDING_CARDS = 100_000   # beyond this (database down for long) the oldest rows are dropped
 
 
@@ -451,6 +454,7 @@ class _CardWriter:
         self._settled = 0      # cards written (or dropped); flush waits for settled == queued
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._flushing = 0     # flush() calls waiting: the writer skips its pause between commits
         # The writer keeps one connection of its own, so request threads holding the whole pool
         # (a burst of feedback lookups) can never starve it; used by the writer thread only.
         self._conn: sa.Connection | None = None
@@ -472,7 +476,12 @@ class _CardWriter:
             target = self._queued
             if self._thread is None and self._settled < target:
                 self._start()  # closed earlier, or never started: write what is pending now
-            done = self._cond.wait_for(lambda: self._settled >= target, timeout)
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                done = self._cond.wait_for(lambda: self._settled >= target, timeout)
+            finally:
+                self._flushing -= 1
         if not done:
             log.warning("card writer: %d cards not yet written after %.1f s", target - self._settled, timeout)
         return done
@@ -498,9 +507,13 @@ class _CardWriter:
 
     def _run(self) -> None:
         backoff = WRITE_INTERVAL_SECONDS
+        last_commit = 0.0
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._cards or self._closing, WRITE_INTERVAL_SECONDS)
+                pause = COMMIT_INTERVAL_SECONDS - (time.monotonic() - last_commit)
+                if self._cards and pause > 0:
+                    self._cond.wait_for(lambda: self._closing or self._flushing > 0, pause)
                 if not self._cards:
                     if self._closing:
                         self._disconnect()
@@ -508,6 +521,7 @@ class _CardWriter:
                     continue
                 cards, self._cards = self._cards, []
                 suggestions, self._suggestions = self._suggestions, []
+            last_commit = time.monotonic()
             try:
                 written = self._write(cards, suggestions)
             except Exception as exc:  # noqa: BLE001 - the thread must survive whatever happens
