@@ -85,8 +85,9 @@ class TokenVerifier:
         return Claims(iss=issuer.iss, jti=payload["jti"], exp=int(payload["exp"]), tenant=tenant, issuer=issuer)
 
     def close(self) -> None:
-        """Release the key store's HTTP session."""
+        """Release the key store's HTTP session and the replay cache's connections."""
         self._keys.close()
+        self._replay.close()
 
     def _issuer_of(self, token: str) -> IssuerSettings:
         try:

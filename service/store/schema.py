@@ -72,8 +72,13 @@ feedback = sa.Table(
 )
 
 
-def create_engine(database_url: str) -> sa.Engine:
-    """An engine for this URL; SQLite gets WAL and a busy timeout so several workers can share it."""
+def create_engine(database_url: str, *, power_safe: bool = True) -> sa.Engine:
+    """An engine for this URL; SQLite gets WAL and a busy timeout so several workers can share it.
+
+    ``power_safe=False`` (the replay cache only) commits without waiting for the disk: a commit
+    survives a crash of the process, not a power loss (SQLite synchronous=NORMAL in WAL mode,
+    PostgreSQL synchronous_commit=off).
+    """
     # hide_parameters: SQLAlchemy's error messages would otherwise quote the bound values (feedback
     # comments, patient hashes, token ids) into logs and tracebacks.
     url = database_url
@@ -82,11 +87,28 @@ def create_engine(database_url: str) -> sa.Engine:
     try:
         if url.startswith("sqlite"):
             engine = sa.create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
-            sa.event.listen(engine, "connect", _sqlite_pragmas)
+            sa.event.listen(engine, "connect", _sqlite_pragmas if power_safe else _sqlite_pragmas_fast)
             return engine
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, hide_parameters=True)
+        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, hide_parameters=True)
+        if not power_safe:
+            sa.event.listen(engine, "connect", _postgresql_fast)
+        return engine
     except (sa.exc.ArgumentError, ImportError, ValueError) as exc:
         raise ConfigError(f"database_url is not usable: {exc}") from None
+
+
+def _postgresql_fast(dbapi_connection: Any, _record: Any) -> None:
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    dbapi_connection.execute("SET synchronous_commit = off")  # the session's commits skip the WAL flush wait
+    dbapi_connection.autocommit = autocommit
+
+
+def _sqlite_pragmas_fast(dbapi_connection: Any, record: Any) -> None:
+    _sqlite_pragmas(dbapi_connection, record)
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes, not power loss
+    cursor.close()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

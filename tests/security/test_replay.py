@@ -148,3 +148,25 @@ def test_concurrent_worker_processes_accept_each_jti_once(database_url, make_cac
     for w in workers:
         w.join(timeout=60)
     assert accepted == len(jtis)
+
+
+def test_only_the_replay_cache_skips_the_disk_wait(tmp_path):
+    """Feedback and cards commit with synchronous=FULL; the replay cache with NORMAL (WAL)."""
+    import sqlalchemy as sa
+
+    from service.security.replay import ReplayCache
+    from service.store import schema as store_schema
+
+    engine = store_schema.create_engine(f"sqlite:///{tmp_path / 'sync.db'}")
+    store_schema.create_schema(engine)
+    cache = ReplayCache(engine)
+    try:
+        assert cache.check_and_remember("https://ehr", "jti-1", 2**40)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("PRAGMA synchronous")).scalar() == 2  # FULL
+        with cache._engine.connect() as conn:
+            assert conn.execute(sa.text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+            assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
+    finally:
+        cache.close()
+        engine.dispose()
