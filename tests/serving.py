@@ -42,7 +42,10 @@ def write_config(directory: Path, *, port: int, jwks_file: Path, issuer: str, da
 
 @contextmanager
 def serving(config: Path, port: int, *, workers: int = 2, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    """Start the service, wait until /healthz answers, stop it with SIGTERM afterwards."""
+    """Start the service, wait until /healthz answers, stop it with SIGTERM afterwards.
+
+    Afterwards ``process.captured`` holds everything the server wrote (stdout and stderr).
+    """
     command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", str(workers), "--config", str(config)]
     # Output goes to a file, not a pipe nobody reads: a pipe fills after ~80 logged calls and stalls the workers.
     output = tempfile.TemporaryFile()
@@ -70,4 +73,6 @@ def serving(config: Path, port: int, *, workers: int = 2, env: dict[str, str] | 
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        output.seek(0)
+        process.captured = output.read()  # what the server wrote (stdout and stderr), for the tests
         output.close()

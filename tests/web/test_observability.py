@@ -343,7 +343,7 @@ def test_serve_writes_one_json_line_per_request_on_stderr(tmp_path, jwks_file, s
             assert response.status_code == 200
             ids.add(response.headers["X-Request-Id"])
         assert requests.post(base + SELECT, json={}, timeout=10).status_code == 401
-    stderr = process.stderr.read().decode()
+    stderr = process.captured.decode()
     lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]  # every line is JSON
     requests_logged = [line for line in lines if line["logger"] == observability.REQUEST_LOGGER]
     assert ids <= {line["request_id"] for line in requests_logged}
