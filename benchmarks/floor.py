@@ -18,14 +18,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import jwt
 import orjson
 from flask import Flask
 from flask import Response
 from flask import request
-from gunicorn.app.base import BaseApplication
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `service` from this checkout
 
@@ -74,20 +72,6 @@ def create_app(settings: config.Settings) -> Flask:
     return app
 
 
-class _Floor(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: config.Settings, options: dict[str, Any]) -> None:
-        self.settings = settings
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Flask:
-        return create_app(self.settings)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="the service's configuration file")
@@ -98,7 +82,7 @@ def main() -> None:
     settings = config.load_settings(args.config, {})
     options = server.gunicorn_options(settings, host=args.host, port=args.port, workers=args.workers)
     options["proc_name"] = "lumbar-mri-cds-floor"
-    _Floor(settings, options).run()
+    server.GunicornApp(lambda: create_app(settings), options).run()
 
 
 if __name__ == "__main__":

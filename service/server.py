@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -12,11 +13,11 @@ from service.web import metrics
 from service.web import observability
 
 
-class _Server(BaseApplication):  # type: ignore[misc]
-    """A gunicorn application whose workers each build their own app from the same Settings."""
+class GunicornApp(BaseApplication):  # type: ignore[misc]
+    """A gunicorn application whose workers each build their own app with ``factory``."""
 
-    def __init__(self, settings: config.Settings, options: dict[str, Any]) -> None:
-        self.settings = settings
+    def __init__(self, factory: Callable[[], Any], options: dict[str, Any]) -> None:
+        self.factory = factory
         self.options = options
         super().__init__()
 
@@ -25,9 +26,13 @@ class _Server(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from service.app import create_app
+        return self.factory()
 
-        return create_app(self.settings)
+
+def _service_app(settings: config.Settings) -> Any:
+    from service.app import create_app
+
+    return create_app(settings)
 
 
 def run(settings: config.Settings, *, host: str, port: int, workers: int) -> None:
@@ -38,7 +43,8 @@ def run(settings: config.Settings, *, host: str, port: int, workers: int) -> Non
 
     build_services(settings).close()
     metrics.prepare_multiprocess_dir(os.environ)
-    _Server(settings, gunicorn_options(settings, host=host, port=port, workers=workers)).run()
+    options = gunicorn_options(settings, host=host, port=port, workers=workers)
+    GunicornApp(lambda: _service_app(settings), options).run()
 
 
 def gunicorn_options(settings: config.Settings, *, host: str, port: int, workers: int) -> dict[str, Any]:
