@@ -21,10 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service import pipeline  # noqa: E402
-from service.facts import codes  # noqa: E402
 from service.intake import envelope  # noqa: E402
 from service.intake.fhir_client import FhirFetcher  # noqa: E402
-from service.rules import table  # noqa: E402
 from tests import fhir  # noqa: E402
 from tests.fhirserver.runner import load_bundle  # noqa: E402
 from tests.fhirserver.runner import running_fhir_server  # noqa: E402
@@ -40,7 +38,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--fixture", default="acute-uncomplicated")
     args = parser.parse_args()
-    evaluator = pipeline.Evaluator(codes.ValueSets.load(), table.load_table())
+    evaluator = pipeline.Evaluator.load()
     fetcher = FhirFetcher(timeout_seconds=2.0)
     with running_fhir_server() as base:
         load_bundle(base, json.loads((fhir.FIXTURES / "patients" / f"{args.fixture}.json").read_text()))

@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -126,44 +125,15 @@ def running(command: list[str], port: int, log: Path) -> Iterator[subprocess.Pop
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
-            _wait_healthy(process, port, log)
+            serving.wait_healthy(process, port, lambda: log.read_text(errors="replace"))
             yield process
         finally:
-            _stop(process)
-
-
-def serve_command(config_file: Path, port: int, workers: int) -> list[str]:
-    """`lumbar-mri-cds serve`, as tests/serving.py runs it."""
-    return [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", str(workers),
-            "--config", str(config_file)]
+            serving.stop(process)
 
 
 def floor_command(config_file: Path, port: int, workers: int) -> list[str]:
     return [sys.executable, str(HERE / "floor.py"), "--config", str(config_file), "--port", str(port),
             "--workers", str(workers)]
-
-
-def _wait_healthy(process: subprocess.Popen, port: int, log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"exited with {process.returncode}: {log.read_text()[-2000:]}")
-        with contextlib.suppress(requests.ConnectionError):
-            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"port {port}: /healthz did not answer within 30 s")
-        time.sleep(0.1)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def worker_pids(master: int) -> list[int]:
@@ -366,13 +336,11 @@ def fhir_phase(service: Server, tokens: Tokens, body: dict[str, Any], body_file:
 def fhir_requests_per_call(body: dict[str, Any]) -> int:
     """HTTP requests the pipeline sends to the FHIR server for this call (same code path, in-process)."""
     from service import pipeline
-    from service.facts import codes
     from service.intake import envelope
     from service.intake import fhir_client
-    from service.rules import table
 
     request = envelope.parse_request(body, hook="order-select")
-    evaluator = pipeline.Evaluator(codes.ValueSets.load(), table.load_table())
+    evaluator = pipeline.Evaluator.load()
     with fhir_client.FhirFetcher(timeout_seconds=2.0, max_pages=10, max_bytes=20_000_000) as fetcher:
         def fetch(queries: Any, partial: Any) -> Any:
             return fetcher.fetch(base=request.fhir_server, access_token="benchmark-token", queries=queries,
@@ -451,7 +419,7 @@ def main() -> None:
                                            fhir_servers=(fhir_base,) if fhir_base else ())
         body_file = workdir / "request.json"
         body_file.write_bytes(FIXTURE.read_bytes())
-        with running(serve_command(config_file, service_port, args.workers), service_port, workdir / "service.log") as service, \
+        with running(serving.serve_command(config_file, service_port, args.workers), service_port, workdir / "service.log") as service, \
                 running(floor_command(config_file, floor_port, args.workers), floor_port, workdir / "floor.log") as floor:
             service_server, floor_server = Server(service_port, service.pid), Server(floor_port, floor.pid)
             print(f"service: lumbar-mri-cds serve --workers {args.workers} (pid {service.pid}); "

@@ -15,9 +15,7 @@ from datetime import date
 from pathlib import Path
 
 from service import pipeline
-from service.facts import codes
 from service.intake import envelope
-from service.rules import table
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "requests"
 AS_OF = date(2026, 11, 26)
@@ -29,7 +27,7 @@ def main() -> None:
     parser.add_argument("--fixture", default="benchmark-realistic")
     args = parser.parse_args()
     body = (FIXTURES / f"{args.fixture}.json").read_bytes()
-    evaluator = pipeline.Evaluator(codes.ValueSets.load(), table.load_table())
+    evaluator = pipeline.Evaluator.load()
     data = envelope.parse_json(body)
     counts = {k: len(v.get("entry", [])) for k, v in data["prefetch"].items() if isinstance(v, dict) and "entry" in v}
 

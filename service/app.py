@@ -10,9 +10,7 @@ from flask import Flask
 
 from service import config
 from service import pipeline
-from service.facts import codes
 from service.intake import fhir_client
-from service.rules import table
 from service.security import jwt as jwt_check
 from service.security import replay
 from service.store import feedback
@@ -60,7 +58,7 @@ def build_services(settings: config.Settings) -> Services:
             max_pages=settings.fhir.max_pages,
             max_bytes=settings.fhir.max_bytes,
         ),
-        evaluator=pipeline.Evaluator(codes.ValueSets.load(), table.load_table()),
+        evaluator=pipeline.Evaluator.load(),
         recorder=feedback.CardStore(engine, salt=settings.patient_hash_salt),
     )
 

@@ -66,10 +66,8 @@ def serve(host: str, port: int, workers: int, config_file: Path | None) -> None:
 def evaluate(request_file: Path, as_json: bool, today: Any) -> None:
     """Run one CDS Hooks request file (with prefetch) through the rules, offline: no server, no token."""
     from service import pipeline
-    from service.facts import codes
     from service.intake import envelope
     from service.render import text
-    from service.rules import table
 
     data = envelope.parse_json(request_file.read_bytes())
     hook = data.get("hook") if isinstance(data, dict) else None
@@ -77,7 +75,7 @@ def evaluate(request_file: Path, as_json: bool, today: Any) -> None:
     if spec is None:
         raise InvalidRequest(f"{request_file}: hook must be one of {', '.join(s.hook for s in pipeline.SERVICES.values())}")
     hook_request = envelope.parse_request(data, hook=spec.hook)
-    evaluator = pipeline.Evaluator(codes.ValueSets.load(), table.load_table())
+    evaluator = pipeline.Evaluator.load()
     evaluation = evaluator.evaluate(hook_request, today.date() if today else date.today(), fetch=None)
     if as_json:
         click.echo(orjson.dumps(evaluation.response, option=orjson.OPT_INDENT_2).decode())

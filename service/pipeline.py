@@ -76,6 +76,13 @@ FetchFn = prefetch.Fetch
 class Evaluator:
     """Value sets, rule table and card content, loaded and checked once; evaluates requests."""
 
+    @classmethod
+    def load(cls) -> Evaluator:
+        """The evaluator of the shipped value sets and cards/ (read and checked once)."""
+        from service.rules import table as rule_table
+
+        return cls(ValueSets.load(), rule_table.load_table())
+
     def __init__(self, value_sets: ValueSets, table: RuleTable) -> None:
         self.value_sets = value_sets
         self.table = table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,39 +42,56 @@ def write_config(directory: Path, *, port: int, jwks_file: Path, issuer: str, da
     return path
 
 
+def serve_command(config: Path, port: int, workers: int) -> list[str]:
+    """The `lumbar-mri-cds serve` command line (as a module, so no installed script is needed)."""
+    return [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", str(workers), "--config", str(config)]
+
+
+def wait_healthy(process: subprocess.Popen, port: int, output: Callable[[], str], timeout: float = 30) -> None:
+    """Wait until /healthz answers; RuntimeError with the tail of `output()` if the process exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode}: {output()[-2000:]}")
+        with contextlib.suppress(requests.ConnectionError):
+            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"port {port}: /healthz did not answer within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM (gunicorn's graceful shutdown); kill after 20 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @contextmanager
 def serving(config: Path, port: int, *, workers: int = 2, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
     """Start the service, wait until /healthz answers, stop it with SIGTERM afterwards.
 
     Afterwards ``process.captured`` holds everything the server wrote (stdout and stderr).
     """
-    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", str(workers), "--config", str(config)]
     # Output goes to a file, not a pipe nobody reads: a pipe fills after ~80 logged calls and stalls the workers.
     output = tempfile.TemporaryFile()
-    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+    def written() -> str:
+        output.seek(0)
+        return output.read().decode(errors="replace")
+
+    process = subprocess.Popen(serve_command(config, port, workers), stdout=output, stderr=subprocess.STDOUT,
+                               env={**os.environ, **(env or {})})
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                output.seek(0)
-                raise RuntimeError(f"serve exited with {process.returncode}: {output.read().decode()[-2000:]}")
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("serve did not answer /healthz within 30 s")
-            time.sleep(0.1)
+        wait_healthy(process, port, written)
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
         output.seek(0)
         process.captured = output.read()  # what the server wrote (stdout and stderr), for the tests
         output.close()

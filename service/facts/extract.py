@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
-from datetime import timedelta
 from typing import Any
 
 from service.facts import model

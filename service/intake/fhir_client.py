@@ -29,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
 from urllib.parse import urljoin
 from urllib.parse import urlsplit
 

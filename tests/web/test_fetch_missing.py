@@ -10,7 +10,6 @@ from datetime import date
 
 import pytest
 
-from service import config
 from service.app import create_app
 from service.app import services_of
 from tests import fhir
