@@ -16,9 +16,9 @@ from flask import Response
 from flask import current_app
 from flask import g
 from flask import request
+from werkzeug.exceptions import UnsupportedMediaType
 
 from service import app as app_module
-from service.errors import InvalidRequest
 from service.errors import StoreUnavailable
 from service.errors import UnknownService
 from service.intake import envelope
@@ -70,7 +70,7 @@ def call_service(service_id: str) -> Response:
     claims = auth.authenticate(services)
     g.issuer = claims.iss  # g.*: for the request log line and metrics (web/observability.py)
     if not request.is_json:
-        raise _UnsupportedMedia()
+        raise UnsupportedMediaType("the body must be JSON (Content-Type: application/json)")
     data = envelope.parse_json(request.get_data(cache=False), services.settings.limits)
     g.hook_request = hook_request = envelope.parse_request(data, hook=spec.hook)
     fetch = observability.counted(_fetcher(services, hook_request, claims, started))
@@ -92,14 +92,6 @@ def call_service(service_id: str) -> Response:
             for c in evaluation.cards
         ])
     return _json(evaluation.response)
-
-
-class _UnsupportedMedia(InvalidRequest):
-    status = 415
-    issue_code = "not-supported"
-
-    def __init__(self) -> None:
-        super().__init__("the body must be JSON (Content-Type: application/json)")
 
 
 # Time kept back from the request deadline for evaluating and answering after the FHIR reads.
