@@ -29,6 +29,8 @@ def first_date(resource: Mapping[str, Any], *fields: str) -> date | None:
     """The first readable date among these fields (a `...Period` field gives its start)."""
     for name in fields:
         value = resource.get(name)
+        if value is None:
+            continue  # absent, the usual case for all but one of the fields
         found = period_start(value) if name.endswith("Period") else parse_date(value)
         if found is not None:
             return found

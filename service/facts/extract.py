@@ -22,6 +22,12 @@ from service.intake.prefetch import PatientRecord
 
 F = model.Finding
 
+# JSON objects are dicts: with dict first, isinstance takes CPython's fast exact-type path (an ABC
+# check such as isinstance(x, Mapping) alone costs several times more), and any other Mapping still
+# counts as an object.
+OBJECT = (dict, Mapping)
+NO_CONCEPTS: tuple[frozenset[str], str] = (frozenset(), "")
+
 # Condition statuses (decision-rules.md, "Common rules for every fact").
 NOT_TRUE = frozenset({"refuted", "entered-in-error"})
 HISTORY = frozenset({"inactive", "resolved", "remission"})
@@ -123,12 +129,10 @@ def _demographics(patient: Mapping[str, Any] | None, today: date) -> tuple[int |
 
 def _status(resource: Mapping[str, Any], field: str) -> str | None:
     """The code of a CodeableConcept status (Condition.clinicalStatus, verificationStatus)."""
-    value = resource.get(field)
-    if isinstance(value, Mapping):
-        for coding in _codings(value):
-            code = coding.get("code")
-            if isinstance(code, str):
-                return code
+    for coding in _codings(resource.get(field)):
+        code = coding.get("code")
+        if isinstance(code, str):
+            return code
     return None
 
 
@@ -138,29 +142,35 @@ def _status_code(resource: Mapping[str, Any]) -> str | None:
     return status if isinstance(status, str) else None
 
 
-def _codings(codeable: Any) -> Iterable[Mapping[str, Any]]:
-    if not isinstance(codeable, Mapping):
-        return ()
-    codings = codeable.get("coding")
+def _codings(codeable: Any) -> list[Mapping[str, Any]]:
+    """The objects among a CodeableConcept's codings; a malformed CodeableConcept has none."""
+    codings = codeable.get("coding") if isinstance(codeable, OBJECT) else None
     if not isinstance(codings, list):
-        return ()
-    return (c for c in codings if isinstance(c, Mapping))
+        return []
+    return [c for c in codings if isinstance(c, OBJECT)]
 
 
 def concepts_of(codeable: Any, vs: ValueSets) -> tuple[frozenset[str], str]:
     """The value-set concepts of a CodeableConcept, and a short text naming the matching coding."""
+    # On every resource of the record: one loop, no intermediate list (most codeables match nothing).
+    codings = codeable.get("coding") if isinstance(codeable, OBJECT) else None
+    if not isinstance(codings, list):
+        return NO_CONCEPTS
     concepts: frozenset[str] = frozenset()
     text = ""
-    for coding in _codings(codeable):
-        system, code = coding.get("system"), coding.get("code")
-        if not isinstance(system, str) or not isinstance(code, str):
+    for coding in codings:
+        if not isinstance(coding, OBJECT):
             continue
-        got = vs.concepts(system, code)
-        if got:
+        code = coding.get("code")
+        got = vs.concepts(coding.get("system"), code)  # empty unless both are strings
+        if not got:
+            continue
+        if concepts:
             concepts |= got
-            if not text:
-                display = coding.get("display")
-                text = f"{code} {display}" if isinstance(display, str) else code
+            continue
+        concepts = got  # the first matching coding names the match
+        display = coding.get("display")
+        text = f"{code} {display}" if isinstance(display, str) else code
     return concepts, text
 
 
@@ -246,7 +256,7 @@ def _read_observations(
 
 def _celsius(quantity: Any) -> float | None:
     """°C from a Quantity in Cel or [degF]; a temperature in an unknown unit is not read (None)."""
-    if not isinstance(quantity, Mapping):
+    if not isinstance(quantity, OBJECT):
         return None
     value = quantity.get("value")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -326,16 +336,16 @@ _DAYS_PER_UNIT = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7, "
 def _supply_days(med: Mapping[str, Any]) -> int:
     """Days of supply an order or statement covers (expected supply × fills, or its period)."""
     dispense = med.get("dispenseRequest")
-    if isinstance(dispense, Mapping):
+    if isinstance(dispense, OBJECT):
         supply = dispense.get("expectedSupplyDuration")
-        if isinstance(supply, Mapping) and isinstance(supply.get("value"), (int, float)):
+        if isinstance(supply, OBJECT) and isinstance(supply.get("value"), (int, float)):
             per = _DAYS_PER_UNIT.get(str(supply.get("code") or supply.get("unit") or "d"), 0)
             repeats = dispense.get("numberOfRepeatsAllowed")
             fills = 1 + (repeats if isinstance(repeats, int) and repeats > 0 else 0)
             return int(supply["value"] * per * fills)
     for name in ("effectivePeriod", "validityPeriod"):
-        period = med.get(name) or (dispense.get(name) if isinstance(dispense, Mapping) else None)
-        if isinstance(period, Mapping):
+        period = med.get(name) or (dispense.get(name) if isinstance(dispense, OBJECT) else None)
+        if isinstance(period, OBJECT):
             start, end = parse_date(period.get("start")), parse_date(period.get("end"))
             if start and end and end >= start:
                 return (end - start).days
