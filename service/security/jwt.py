@@ -69,8 +69,8 @@ class TokenVerifier:
     def verify(self, authorization: str | None, audience: str) -> Claims:
         """The claims of a valid token for `audience`; raises NotAuthenticated with the reason."""
         token = _bearer_token(authorization)
-        header = _unverified_header(token)
-        issuer = self._issuer_of(token)
+        header, unverified = _unverified(token)
+        issuer = self._issuer_of(unverified)
         jku = header.get("jku")
         if jku is not None and jku != issuer.jwks_url:
             raise errors.NotAuthenticated(
@@ -89,11 +89,7 @@ class TokenVerifier:
         self._keys.close()
         self._replay.close()
 
-    def _issuer_of(self, token: str) -> IssuerSettings:
-        try:
-            unverified = pyjwt.decode(token, options={"verify_signature": False})
-        except pyjwt.PyJWTError as exc:
-            raise errors.NotAuthenticated(f"token payload unreadable: {exc}") from None
+    def _issuer_of(self, unverified: dict[str, Any]) -> IssuerSettings:
         iss = unverified.get("iss")
         issuer = self._settings.issuer(iss) if isinstance(iss, str) else None
         if issuer is None:
@@ -127,17 +123,21 @@ def _bearer_token(authorization: str | None) -> str:
     return token
 
 
-def _unverified_header(token: str) -> dict[str, Any]:
+def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The token's header (with an allowed `alg` and a `kid`) and payload, not yet verified: they
+    only choose the issuer and key. One decoding for both; ``_decode`` then checks the signature
+    and the claims."""
     try:
-        header = pyjwt.get_unverified_header(token)
+        decoded = pyjwt.decode_complete(token, options={"verify_signature": False})
     except pyjwt.PyJWTError as exc:
-        raise errors.NotAuthenticated(f"token header unreadable: {exc}") from None
+        raise errors.NotAuthenticated(f"token unreadable: {exc}") from None
+    header = decoded["header"]
     alg = header.get("alg")
     if alg not in ALGORITHMS:
         raise errors.NotAuthenticated(f"alg {keys_mod.loggable(alg)} is not allowed (asymmetric only)")
     if not isinstance(header.get("kid"), str) or not header["kid"]:
         raise errors.NotAuthenticated("token header has no kid")
-    return header
+    return header, decoded["payload"]
 
 
 def _decode(token: str, key: pyjwt.PyJWK, alg: str, issuer: IssuerSettings, audience: str) -> dict[str, Any]:

@@ -13,6 +13,11 @@ was a quarter of a worker's time (benchmarks/README.md). A row survives a crash 
 worker; only a power loss or an OS crash can drop the last moments' rows, after which a token
 captured in those seconds could be replayed once within its lifetime (5 minutes for the sandbox,
 1 hour at most here). Feedback and cards stay fully durable.
+
+With SQLite the table lives in a file of its own beside the store (``cds.db`` -> ``cds.replay.db``,
+``replay_database_url``): SQLite has one writer at a time per file, and a token check waiting behind
+the card writer's or a feedback transaction (each ends with an fsync) was the slowest hundredth of
+hook calls. PostgreSQL locks rows, so there the table stays in the one database.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -40,15 +47,34 @@ seen_tokens = sa.Table(
     sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),  # epoch s: exp + leeway
 )
 
-_INSERT = sa.insert(seen_tokens)
+_INSERT = sa.insert(seen_tokens)  # all three columns; compiled once per cache for its database
+
+
+def replay_database_url(store: sa.URL) -> sa.URL:
+    """Where the seen tokens are kept for a store at this URL: a SQLite file's sibling
+    (``name.replay.db``), or the store itself (PostgreSQL, in-memory SQLite)."""
+    if store.get_backend_name() != "sqlite" or store.database in (None, "", ":memory:") or store.database.startswith("file:"):
+        return store
+    path = Path(store.database)
+    return store.set(database=str(path.with_name(f"{path.stem}.replay{path.suffix}")))
 
 
 class ReplayCache:
     """Remembers (iss, jti) pairs until their tokens expire, in the shared store."""
 
     def __init__(self, engine: sa.Engine, *, clock: Callable[[], float] = time.time) -> None:
-        # Its own engine on the same database, whose commits do not wait for the disk (see above).
-        self._engine = schema.create_engine(engine.url.render_as_string(hide_password=False), power_safe=False)
+        """A cache beside the store of ``engine``, with an engine of its own whose commits do not
+        wait for the disk (see above); creates its table when missing."""
+        url = replay_database_url(engine.url)
+        self._engine = schema.create_engine(url.render_as_string(hide_password=False), power_safe=False)
+        if url != engine.url:
+            schema.create_schema(self._engine, tables=(seen_tokens,))
+        compiled = _INSERT.compile(dialect=self._engine.dialect)
+        self._insert_sql = str(compiled)
+        self._order = compiled.positiontup  # parameter names, for drivers taking them by position
+        dbapi = self._engine.dialect.loaded_dbapi
+        self._integrity_error = dbapi.IntegrityError
+        self._driver_error = dbapi.Error
         self._clock = clock
         self._calls = itertools.count(1)
 
@@ -85,14 +111,28 @@ class ReplayCache:
         return result.rowcount
 
     def _insert(self, iss: str, digest: str, expires_at: int) -> bool:
+        # Straight through the driver: SQLAlchemy's execution layer cost twice the INSERT itself
+        # (benchmarks/README.md). The statement is compiled once, in the database's own paramstyle.
+        connection = self._engine.raw_connection()
         try:
-            with self._engine.begin() as conn:
-                # One statement built once, the values as parameters: SQLAlchemy then reuses its
-                # compiled form instead of building and caching a new statement on every call.
-                conn.execute(_INSERT, {"iss": iss, "jti_sha256": digest, "expires_at": expires_at})
-        except sa.exc.IntegrityError:
-            return False
+            cursor = connection.cursor()
+            try:
+                cursor.execute(self._insert_sql, self._parameters(iss, digest, expires_at))
+                connection.commit()
+            except self._integrity_error:
+                connection.rollback()
+                return False
+            finally:
+                cursor.close()
+        except self._driver_error as exc:
+            raise errors.StoreUnavailable(f"replay cache: {type(exc).__name__}") from exc
+        finally:
+            connection.close()  # back to the pool
         return True
+
+    def _parameters(self, iss: str, digest: str, expires_at: int) -> tuple[Any, ...] | dict[str, Any]:
+        values = {"iss": iss, "jti_sha256": digest, "expires_at": expires_at}
+        return tuple(values[name] for name in self._order) if self._order else values
 
     def _delete_expired(self, iss: str, digest: str) -> bool:
         with self._engine.begin() as conn:

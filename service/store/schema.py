@@ -122,21 +122,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 _SCHEMA_LOCK_KEY = 0x6C6D6364  # "lmcd": any constant shared by every worker of this service
 
 
-def create_schema(engine: sa.Engine) -> None:
-    """Create missing tables and record the schema version (idempotent, safe across workers)."""
+def create_schema(engine: sa.Engine, tables: tuple[sa.Table, ...] | None = None) -> None:
+    """Create missing tables (all, or these) and record the schema version (idempotent, safe across
+    workers)."""
     if engine.url.get_backend_name() == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         from pathlib import Path
 
         Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
     try:
-        _create_schema_once(engine)
+        _create_schema_once(engine, tables)
     except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
         # Several workers starting at once: another one created a table (or the version row)
         # between our existence check and our CREATE. Its work is committed now; check again.
-        _create_schema_once(engine)
+        _create_schema_once(engine, tables)
 
 
-def _create_schema_once(engine: sa.Engine) -> None:
+def _create_schema_once(engine: sa.Engine, tables: tuple[sa.Table, ...] | None) -> None:
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # PostgreSQL DDL is transactional: this lock makes concurrent starts run one after the
@@ -146,7 +147,7 @@ def _create_schema_once(engine: sa.Engine) -> None:
             # The same for SQLite: take the write lock first (waits for busy_timeout), so checking
             # and creating happen in one transaction; Python's sqlite3 would not begin one for DDL.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
-        metadata.create_all(conn, checkfirst=True)
+        metadata.create_all(conn, tables=None if tables is None else [schema_version, *tables], checkfirst=True)
         present = conn.execute(sa.select(schema_version.c.version)).scalars().all()
         if SCHEMA_VERSION not in present:
             conn.execute(sa.insert(schema_version).values(version=SCHEMA_VERSION))

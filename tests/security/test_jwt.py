@@ -64,7 +64,7 @@ CASES = {
     "kid-of-rsa-key-with-es384": ("ES384", {"kid": RSA_KID}, {}, "does not fit"),
     "kid-of-ec-key-with-rs384": ("RS384", {"kid": EC_KID}, {}, "does not fit"),
     "jku-on-a-file-issuer": ("ES384", {"jku": "https://ehr.example.org/jwks.json"}, {}, "jku"),
-    "crit-unknown": ("ES384", {"crit": ["exp-ext"], "exp-ext": 1}, {}, "header unreadable"),
+    "crit-unknown": ("ES384", {"crit": ["exp-ext"], "exp-ext": 1}, {}, "Unsupported critical extension"),
     "tenant-ignored-when-not-configured": ("ES384", {}, {"tenant": "anything"}, None),
     "tenant-allowed": ("ES384", {}, {"iss": ISS_TENANTS, "tenant": "t2"}, None),
     "tenant-not-allowed": ("ES384", {}, {"iss": ISS_TENANTS, "tenant": "t3"}, "tenant 't3' is not allowed"),
@@ -140,10 +140,10 @@ AUTHORIZATION = {
     "bare-token": ("eyJhbGciOiJFUzM4NCJ9.e30.c2ln", "(unrecognised) is not Bearer"),
     "bearer-nothing": ("Bearer ", "exactly one token"),
     "bearer-two-tokens": ("Bearer a.b.c d.e.f", "exactly one token"),
-    "garbage": ("Bearer not-a-jwt", "header unreadable"),
-    "garbage-segments": ("Bearer a.b.c", "header unreadable"),
-    "header-not-json": (f"Bearer {b64url(b'[1,2')}.{b64url(b'{}')}.c2ln", "header unreadable"),
-    "payload-not-json": (f"Bearer {b64url({'alg': 'ES384', 'kid': EC_KID})}.{b64url(b'nope')}.c2ln", "payload unreadable"),
+    "garbage": ("Bearer not-a-jwt", "token unreadable"),
+    "garbage-segments": ("Bearer a.b.c", "unreadable: Invalid header"),
+    "header-not-json": (f"Bearer {b64url(b'[1,2')}.{b64url(b'{}')}.c2ln", "unreadable: Invalid header"),
+    "payload-not-json": (f"Bearer {b64url({'alg': 'ES384', 'kid': EC_KID})}.{b64url(b'nope')}.c2ln", "unreadable: Invalid payload"),
 }
 
 

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from service import errors
 from service.security import replay
 from service.security.replay import ReplayCache
+from service.security.replay import replay_database_url
 from service.security.replay import seen_tokens
 from service.store import schema
 
@@ -122,11 +123,40 @@ def test_prunes_every_so_many_calls(make_cache, monkeypatch):
     assert rows(cache) == 1
 
 
-def test_store_failure_is_store_unavailable(tmp_path):
-    engine = schema.create_engine(f"sqlite:///{tmp_path / 'empty.db'}")  # no schema created
+def test_store_failure_is_store_unavailable(make_cache):
+    cache = make_cache()
+    with cache._engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE seen_tokens"))  # the database breaks under a running service
     with pytest.raises(errors.StoreUnavailable, match="replay cache"):
-        ReplayCache(engine).check_and_remember("iss", "j", 2_000_000_000)
-    engine.dispose()
+        cache.check_and_remember("iss", "j", 2_000_000_000)
+
+
+def test_sqlite_keeps_seen_tokens_in_a_file_of_its_own(tmp_path):
+    """A token check never waits behind the store's own writes (one writer per SQLite file)."""
+    engine = schema.create_engine(f"sqlite:///{tmp_path / 'cds.db'}")
+    schema.create_schema(engine)
+    cache = ReplayCache(engine)
+    try:
+        assert cache.check_and_remember("iss", "jti-1", 2_000_000_000)
+        with engine.begin() as conn:  # the store's write lock, held as the card writer holds it
+            conn.execute(sa.text("UPDATE schema_version SET version = version"))
+            assert cache.check_and_remember("iss", "jti-2", 2_000_000_000)  # does not wait for it
+        assert (tmp_path / "cds.replay.db").exists()
+        assert rows(cache) == 2
+    finally:
+        cache.close()
+        engine.dispose()
+
+
+@pytest.mark.parametrize(("store", "replay"), [
+    ("sqlite:////var/lib/lumbar/cds.db", "sqlite:////var/lib/lumbar/cds.replay.db"),
+    ("sqlite:///relative/store.sqlite3", "sqlite:///relative/store.replay.sqlite3"),
+    ("sqlite:///:memory:", "sqlite:///:memory:"),
+    ("sqlite://", "sqlite://"),
+    ("postgresql+psycopg://u@db:5432/cds", "postgresql+psycopg://u@db:5432/cds"),
+])
+def test_replay_database_url(store, replay):
+    assert replay_database_url(sa.make_url(store)) == sa.make_url(replay)
 
 
 def _race(url: str, jtis: list[str], results) -> None:
