@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +27,17 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        return self.factory()
+        return worker_app(self.factory)
+
+
+def worker_app(factory: Callable[[], Any]) -> Any:
+    """Build a worker's app, then move what start-up allocated (modules, schemas, value sets, card
+    content) out of the garbage collector's reach: its full collections then scan only what
+    requests allocate (they cost about 0.1 ms a call before; benchmarks/README.md)."""
+    app = factory()
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 def _service_app(settings: config.Settings) -> Any:

@@ -463,12 +463,14 @@ class _CardWriter:
         if self._pid != os.getpid():
             self._reset()  # a forked child: the parent writes what it queued, we start afresh
         with self._cond:
+            idle = not self._cards  # otherwise the writer knows rows are waiting: no wake-up per call
             self._cards.extend(card_rows)
             self._suggestions.extend(suggestion_rows)
             self._queued += len(card_rows)
             if self._thread is None:
                 self._start()
-            self._cond.notify()
+            if idle:
+                self._cond.notify()
 
     def flush(self, timeout: float) -> bool:
         """Wait until every card queued before this call is written; False on timeout."""
