@@ -86,7 +86,7 @@ class Evaluator:
     def __init__(self, value_sets: ValueSets, table: RuleTable) -> None:
         self.value_sets = value_sets
         self.table = table
-        self.checks = render.prepare_checks(table)  # also warms fhir.resources' validators
+        self.prepared = render.prepare(table)  # also warms fhir.resources' validators
         observation_codes = value_sets.codings("body_temperature") + value_sets.codings("pregnancy_status_observation")
         self.templates = prefetch.build_templates(observation_codes)
 
@@ -116,7 +116,7 @@ class Evaluator:
                 continue
             seen.add(facts.order.reference)
             decision = engine.decide(self.table, facts)
-            rendered, action = render.render_decision(decision, self.table, self.checks)
+            rendered, action = render.render_decision(decision, self.table, self.prepared)
             evaluation.cards.extend(rendered)
             if decision.rule is not None:
                 evaluation.ratings[decision.rule.id] = decision.rating or "none"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,8 @@ log = logging.getLogger(__name__)
 
 TOPIC_SYSTEM = "urn:lumbar-mri-cds:rule"  # source.topic: the rule id, the feedback and report key
 EVIDENCE_SHOWN = 3                        # evidence lines per finding before "and N more"
+_FINDINGS = frozenset(f.value for f in Finding)  # the decision model's facts (findings.toml may name more)
+_CODE_LABELS = {actions.CPT: "CPT", "urn:oid:2.16.840.1.113883.6.12": "CPT", "http://loinc.org": "LOINC", actions.SNOMED: "SNOMED CT"}
 RATING_WORDS = {
     "appropriate": "appropriate",
     "not-appropriate": "not appropriate",
@@ -39,6 +40,38 @@ class RenderedCard:
     card: dict[str, Any]          # the card JSON
     rule_id: str
     suggestion_uuids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Prepared:
+    """What rendering takes from the rule table alone, worked out once at start-up (``prepare``).
+
+    A card's detail lists the findings.toml labels of the facts present and the red flags absent;
+    matching findings.toml keys to the model's ``Finding`` values on every card cost more than the
+    rest of the text. tests/render/test_cards.py holds each field to its definition over the table.
+    """
+
+    checks: actions.Checks                             # every element the actions can add, checked
+    findings: tuple[tuple[Finding, str], ...]          # (finding, label): findings.toml keys the model has, file order
+    red_flags: tuple[tuple[Finding | None, str], ...]  # (finding, looked_for) of red flags; None: not in the model
+    closing: Mapping[str, str]                         # card id -> the detail's last paragraph (rule id, sources)
+
+
+def prepare(table: RuleTable) -> Prepared:
+    """The action checks and the card text that depends on the table alone."""
+    return Prepared(
+        checks=prepare_checks(table),
+        findings=tuple((Finding(key), label.label) for key, label in table.findings.items() if key in _FINDINGS),
+        red_flags=tuple(
+            (Finding(key) if key in _FINDINGS else None, label.looked_for)
+            for key, label in table.findings.items()
+            if label.red_flag
+        ),
+        closing={
+            cid: "Rule `" + cid + "` · Sources: " + "; ".join(table.sources[k].label for k in content.cites)
+            for cid, content in table.cards.items()
+        },
+    )
 
 
 def prepare_checks(table: RuleTable) -> actions.Checks:
@@ -64,18 +97,19 @@ def prepare_checks(table: RuleTable) -> actions.Checks:
 
 
 def render_decision(
-    decision: Decision, table: RuleTable, checks: actions.Checks | None = None
+    decision: Decision, table: RuleTable, prepared: Prepared
 ) -> tuple[list[RenderedCard], dict[str, Any] | None]:
     """The cards of one order (rating card first, then modifiers) and its rating systemAction."""
     facts = decision.facts
-    draft = actions.Draft(facts.order, checks or actions.Checks())
+    draft = actions.Draft(facts.order, prepared.checks)
     rendered: list[RenderedCard] = []
     rule = decision.rule
     if rule is not None and rule.card:
         content = table.cards[rule.id]
-        rendered.append(_card(content, decision, table, draft, modifier=None, rating_card=True))
+        rendered.append(_card(content, decision, table, prepared, draft, modifier=None, rating_card=True))
     for modifier in decision.modifiers:
-        rendered.append(_card(table.cards[modifier.id], decision, table, draft, modifier=modifier, rating_card=False))
+        content = table.cards[modifier.id]
+        rendered.append(_card(content, decision, table, prepared, draft, modifier=modifier, rating_card=False))
     system_action = None
     if rule is not None and decision.rating is not None:
         try:
@@ -86,7 +120,14 @@ def render_decision(
 
 
 def _card(
-    content: CardContent, decision: Decision, table: RuleTable, draft: actions.Draft, *, modifier: Modifier | None, rating_card: bool
+    content: CardContent,
+    decision: Decision,
+    table: RuleTable,
+    prepared: Prepared,
+    draft: actions.Draft,
+    *,
+    modifier: Modifier | None,
+    rating_card: bool,
 ) -> RenderedCard:
     facts = decision.facts
     prior = _prior_date(facts)
@@ -95,7 +136,7 @@ def _card(
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
         "summary": content.summary.replace("{prior_date}", prior),
-        "detail": _detail(content, decision, table, rating_card=rating_card, prior=prior),
+        "detail": _detail(content, decision, prepared, rating_card=rating_card, prior=prior),
         "indicator": content.indicator,
         "source": {
             "label": lead.label,
@@ -147,14 +188,14 @@ def _prior_date(facts: Facts) -> str:
     return max(dates).isoformat() if dates else "an earlier date"
 
 
-def _detail(content: CardContent, decision: Decision, table: RuleTable, *, rating_card: bool, prior: str) -> str:
+def _detail(content: CardContent, decision: Decision, prepared: Prepared, *, rating_card: bool, prior: str) -> str:
     facts = decision.facts
     parts = [content.verdict.replace("{prior_date}", prior)]
-    why = list(_why_lines(facts, table))
+    why = _why_lines(facts, prepared)
     if why:
         parts.append("**Why**\n\n" + "\n".join(why))
     if rating_card and decision.rating != "appropriate":
-        absent = [label.looked_for for key, label in table.findings.items() if label.red_flag and not _present(facts, key)]
+        absent = [looked_for for finding, looked_for in prepared.red_flags if finding not in facts.findings]
         if absent:
             parts.append("**Red flags looked for and not found:**\n\n" + "\n".join(f"- {a}" for a in absent))
     if facts.unavailable:
@@ -162,34 +203,29 @@ def _detail(content: CardContent, decision: Decision, table: RuleTable, *, ratin
             "**Not available:** " + ", ".join(facts.unavailable)
             + ". The verdict was reached without this data; a finding recorded there was not seen."
         )
-    ordered = f"{facts.order.display or 'Lumbar spine MRI'} ({_code_label(facts.order.system)} {facts.order.code})"
+    ordered = f"{facts.order.display or 'Lumbar spine MRI'} ({_CODE_LABELS.get(facts.order.system, facts.order.system)} {facts.order.code})"
     rating = f" Rating recorded: **{RATING_WORDS[decision.rating]}**." if rating_card and decision.rating else ""
     parts.append(f"**Ordered study:** {ordered}.{rating}\n\n**ACR rating:** {content.acr_rating}")
     if content.advice:
         parts.append(content.advice)
-    parts.append("Rule `" + content.id + "` · Sources: " + "; ".join(table.sources[k].label for k in content.cites))
+    parts.append(prepared.closing[content.id])
     return "\n\n".join(parts)
 
 
-def _present(facts: Facts, key: str) -> bool:
-    try:
-        return facts.has(Finding(key))
-    except ValueError:
-        return False
-
-
-def _why_lines(facts: Facts, table: RuleTable) -> Iterable[str]:
+def _why_lines(facts: Facts, prepared: Prepared) -> list[str]:
+    lines = []
     if facts.age is not None:
-        yield f"- Age {facts.age}" + (f", {facts.sex}" if facts.sex else "")
+        lines.append(f"- Age {facts.age}" + (f", {facts.sex}" if facts.sex else ""))
     if facts.has(Finding.BACK_PAIN):
         if facts.episode_start is not None:
-            yield f"- Current back pain episode since {facts.episode_start.isoformat()} ({facts.episode_days} days)"
+            lines.append(f"- Current back pain episode since {facts.episode_start.isoformat()} ({facts.episode_days} days)")
         else:
-            yield "- Current back pain episode of unknown duration (no dated diagnosis)"
-    for key, label in table.findings.items():
-        evidence = facts.findings.get(Finding(key)) if key in Finding._value2member_map_ else None
+            lines.append("- Current back pain episode of unknown duration (no dated diagnosis)")
+    for finding, label in prepared.findings:
+        evidence = facts.findings.get(finding)
         if evidence:
-            yield f"- {label.label}: {_evidence_text(evidence)}"
+            lines.append(f"- {label}: {_evidence_text(evidence)}")
+    return lines
 
 
 def _evidence_text(evidence: tuple[Evidence, ...]) -> str:
@@ -198,8 +234,6 @@ def _evidence_text(evidence: tuple[Evidence, ...]) -> str:
     return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
 
 
-def _code_label(system: str) -> str:
-    return {actions.CPT: "CPT", "urn:oid:2.16.840.1.113883.6.12": "CPT", "http://loinc.org": "LOINC", actions.SNOMED: "SNOMED CT"}.get(system, system)
 
 
 _EMPTY = (None, "", [], {})

@@ -8,6 +8,7 @@ whole resource checked every time, over valid and broken drafts, element by elem
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from typing import Any
 
@@ -136,7 +137,7 @@ def test_start_up_checks_every_addition_the_card_content_can_make() -> None:
     from service.intake.envelope import parse_request
 
     evaluator = pipeline.Evaluator(codes.ValueSets.load(), TABLE)
-    evaluator.checks = checks
+    evaluator.prepared = dataclasses.replace(evaluator.prepared, checks=checks)
     for path in sorted((fhir.FIXTURES / "requests").glob("*.json")):
         data = load_request(path.stem)
         evaluator.evaluate(parse_request(data, hook=data["hook"]), fhir.AS_OF)

@@ -6,17 +6,29 @@ Each case runs the real path: ``Evaluator.evaluate(parse_request(fixture), AS_OF
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fhir.resources.R4B.servicerequest import ServiceRequest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 from service import pipeline
 from service.facts import codes
+from service.facts.model import Contrast
+from service.facts.model import Evidence
+from service.facts.model import Facts
+from service.facts.model import Finding
+from service.facts.model import Order
 from service.intake.envelope import parse_request
 from service.render import actions
+from service.render import cards
+from service.rules import engine
 from service.rules import table
+from service.rules.table import FindingLabel
 from tests import fhir
 from tests.fhir import AS_OF
 from tests.fhir import FIXTURES
@@ -364,3 +376,74 @@ def test_no_indication_card_does_not_deny_a_present_red_flag(resources: list[dic
     assert topic(card) == "no-indication"
     assert resources[0]["id"] in card["detail"]            # the red flag is shown as a fact ...
     assert "no red flag" not in card["detail"].lower()     # ... so the card must not deny it
+
+
+# -- what prepare() works out at start-up ----------------------------------------------------------
+
+MODEL_KEYS = {f.value for f in Finding}
+# The shipped table, and one whose findings.toml names a red flag the decision model does not have.
+TABLES = [TABLE, dataclasses.replace(TABLE, findings={
+    **TABLE.findings, "unknown_flag": FindingLabel(label="Unknown", looked_for="something unknown", red_flag=True)})]
+
+
+def reference_why(facts: Facts, table_: table.RuleTable) -> list[str]:
+    """The why lines as they were written before prepare(): each findings.toml key looked up on the card."""
+    lines = []
+    if facts.age is not None:
+        lines.append(f"- Age {facts.age}" + (f", {facts.sex}" if facts.sex else ""))
+    if facts.has(Finding.BACK_PAIN):
+        if facts.episode_start is not None:
+            lines.append(f"- Current back pain episode since {facts.episode_start.isoformat()} ({facts.episode_days} days)")
+        else:
+            lines.append("- Current back pain episode of unknown duration (no dated diagnosis)")
+    for key, label in table_.findings.items():
+        evidence = facts.findings.get(Finding(key)) if key in MODEL_KEYS else None
+        if evidence:
+            lines.append(f"- {label.label}: {cards._evidence_text(evidence)}")
+    return lines
+
+
+def reference_absent(facts: Facts, table_: table.RuleTable) -> list[str]:
+    """The red flags looked for and not found, as written before prepare()."""
+    return [label.looked_for for key, label in table_.findings.items()
+            if label.red_flag and not (key in MODEL_KEYS and facts.has(Finding(key)))]
+
+
+@pytest.mark.parametrize("table_", TABLES, ids=["shipped", "unknown-red-flag"])
+def test_prepared_card_text_is_the_tables(table_: table.RuleTable) -> None:
+    prepared = cards.prepare(table_)
+    assert list(prepared.findings) == [(Finding(k), v.label) for k, v in table_.findings.items() if k in MODEL_KEYS]
+    assert list(prepared.red_flags) == [(Finding(k) if k in MODEL_KEYS else None, v.looked_for)
+                                        for k, v in table_.findings.items() if v.red_flag]
+    assert dict(prepared.closing) == {
+        cid: f"Rule `{cid}` · Sources: " + "; ".join(table_.sources[k].label for k in content.cites)
+        for cid, content in table_.cards.items()
+    }
+
+
+EVIDENCE = st.lists(st.builds(Evidence, reference=st.sampled_from(["Condition/c1", "Observation/o-2"]),
+                              on=st.none() | st.dates(), text=st.sampled_from(["M54.50 Low back pain", "x"])),
+                    min_size=1, max_size=5).map(tuple)
+PREPARED = [cards.prepare(t) for t in TABLES]
+
+
+@settings(max_examples=200, deadline=None)
+@given(findings=st.dictionaries(st.sampled_from(list(Finding)), EVIDENCE),
+       age=st.none() | st.integers(0, 110), sex=st.sampled_from([None, "female", "male"]),
+       start=st.none() | st.dates(max_value=AS_OF), which=st.sampled_from(range(len(TABLES))))
+def test_prepared_why_and_red_flags_agree_with_the_table(
+    findings: dict[Finding, tuple[Evidence, ...]], age: int | None, sex: str | None, start: Any, which: int,
+) -> None:
+    table_, prepared = TABLES[which], PREPARED[which]
+    order = Order(reference="ServiceRequest/o", resource=fhir.mri_order(), system=fhir.CPT, code="72148", display=None,
+                  contrast=Contrast.WITHOUT, priority=None, has_reason=True)
+    facts = Facts(today=AS_OF, age=age, sex=sex, order=order, findings=findings, episode_start=start,
+                  episode_days=None if start is None else (AS_OF - start).days)
+    assert cards._why_lines(facts, prepared) == reference_why(facts, table_)
+    unrated = engine.Decision(facts=facts, rule=None, modifiers=())  # a rating card not rated "appropriate"
+    detail = cards._detail(table_.cards["acute-uncomplicated"], unrated, prepared, rating_card=True, prior="x")
+    absent = reference_absent(facts, table_)
+    if absent:
+        assert red_flag_section(detail) == "\n\n" + "\n".join(f"- {a}" for a in absent)
+    else:
+        assert "**Red flags looked for and not found:**" not in detail
