@@ -31,11 +31,14 @@ NO_CONCEPTS: tuple[frozenset[str], str] = (frozenset(), "")
 # Condition statuses (decision-rules.md, "Common rules for every fact").
 NOT_TRUE = frozenset({"refuted", "entered-in-error"})
 HISTORY = frozenset({"inactive", "resolved", "remission"})
-OBSERVATION_NOT_TRUE = frozenset({"entered-in-error", "cancelled"})
-PROCEDURE_NOT_DONE = frozenset({"entered-in-error", "not-done", "preparation"})
-ORDER_NOT_TRUE = frozenset({"entered-in-error", "revoked", "draft"})
-MEDICATION_NOT_TRUE = frozenset({"entered-in-error", "cancelled", "draft", "not-taken"})
-REPORT_NOT_TRUE = frozenset({"entered-in-error", "cancelled"})
+# Resource `status` codes, read straight from the JSON. Tuples, not sets: membership compares by
+# equality, so a malformed status (an EHR's list or object, unhashable) matches nothing, as a code
+# that is not a string must.
+OBSERVATION_NOT_TRUE = ("entered-in-error", "cancelled")
+PROCEDURE_NOT_DONE = ("entered-in-error", "not-done", "preparation")
+ORDER_NOT_TRUE = ("entered-in-error", "revoked", "draft")
+MEDICATION_NOT_TRUE = ("entered-in-error", "cancelled", "draft", "not-taken")
+REPORT_NOT_TRUE = ("entered-in-error", "cancelled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,12 +139,6 @@ def _status(resource: Mapping[str, Any], field: str) -> str | None:
     return None
 
 
-def _status_code(resource: Mapping[str, Any]) -> str | None:
-    """A resource's `status` code; anything but a string (an EHR's list or object) reads as none."""
-    status = resource.get("status")
-    return status if isinstance(status, str) else None
-
-
 def _codings(codeable: Any) -> list[Mapping[str, Any]]:
     """The objects among a CodeableConcept's codings; a malformed CodeableConcept has none."""
     codings = codeable.get("coding") if isinstance(codeable, OBJECT) else None
@@ -232,7 +229,7 @@ def _read_observations(
 ) -> None:
     latest_pregnancy: tuple[date, Mapping[str, Any]] | None = None
     for obs in observations:
-        if _status_code(obs) in OBSERVATION_NOT_TRUE:
+        if obs.get("status") in OBSERVATION_NOT_TRUE:
             continue
         concepts, _ = concepts_of(obs.get("code"), vs)
         if not concepts:
@@ -277,7 +274,7 @@ def _read_procedures_and_orders(
 ) -> list[model.Evidence]:
     conservative: list[model.Evidence] = []
     for proc in record.of("Procedure"):
-        if _status_code(proc) in PROCEDURE_NOT_DONE:
+        if proc.get("status") in PROCEDURE_NOT_DONE:
             continue
         concepts, text = concepts_of(proc.get("code"), vs)
         if not concepts:
@@ -292,7 +289,7 @@ def _read_procedures_and_orders(
             _add(found, F.PRIOR_LUMBAR_MRI, evidence)
     for order in record.of("ServiceRequest"):
         # Referrals placed (not drafts): a PT referral documents a conservative trial.
-        if _status_code(order) in ORDER_NOT_TRUE:
+        if order.get("status") in ORDER_NOT_TRUE:
             continue
         concepts, text = concepts_of(order.get("code"), vs)
         on = first_date(order, "occurrenceDateTime", "occurrencePeriod", "authoredOn")
@@ -311,7 +308,7 @@ def _read_medications(
     steroid_days = 0
     steroid_evidence: list[model.Evidence] = []
     for med in medications:
-        if _status_code(med) in MEDICATION_NOT_TRUE:
+        if med.get("status") in MEDICATION_NOT_TRUE:
             continue
         concepts, text = concepts_of(med.get("medicationCodeableConcept"), vs)
         if not concepts:
@@ -354,7 +351,7 @@ def _supply_days(med: Mapping[str, Any]) -> int:
 
 def _read_imaging(record: PatientRecord, vs: ValueSets, today: date, found: dict[model.Finding, list[model.Evidence]]) -> None:
     for study in record.of("ImagingStudy"):
-        if _status_code(study) in REPORT_NOT_TRUE:
+        if study.get("status") in REPORT_NOT_TRUE:
             continue
         on = first_date(study, "started")
         codeables = study.get("procedureCode")
@@ -364,7 +361,7 @@ def _read_imaging(record: PatientRecord, vs: ValueSets, today: date, found: dict
                 _add(found, F.PRIOR_LUMBAR_MRI, model.Evidence(reference=_reference(study), on=on, text=text))
                 break
     for report in record.of("DiagnosticReport"):
-        if _status_code(report) in REPORT_NOT_TRUE:
+        if report.get("status") in REPORT_NOT_TRUE:
             continue
         concepts, text = concepts_of(report.get("code"), vs)
         on = first_date(report, "effectiveDateTime", "effectivePeriod", "issued")

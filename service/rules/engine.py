@@ -28,11 +28,21 @@ class Decision:
 
 def holds(when: When, facts: Facts) -> bool:
     """Whether a `when` combination of predicates holds for these facts."""
-    return (
-        all(PREDICATES[name](facts) for name in when.all)
-        and (not when.any or any(PREDICATES[name](facts) for name in when.any))
-        and not any(PREDICATES[name](facts) for name in when.none)
-    )
+    # Plain loops, in the order all, any, none: all()/any() over generators cost more than the
+    # predicates they call.
+    for name in when.all:
+        if not PREDICATES[name](facts):
+            return False
+    if when.any:
+        for name in when.any:
+            if PREDICATES[name](facts):
+                break
+        else:  # none of `any` holds
+            return False
+    for name in when.none:
+        if PREDICATES[name](facts):
+            return False
+    return True
 
 
 def decide(table: RuleTable, facts: Facts) -> Decision:
