@@ -203,7 +203,8 @@ def _detail(content: CardContent, decision: Decision, prepared: Prepared, *, rat
             "**Not available:** " + ", ".join(facts.unavailable)
             + ". The verdict was reached without this data; a finding recorded there was not seen."
         )
-    ordered = f"{facts.order.display or 'Lumbar spine MRI'} ({_CODE_LABELS.get(facts.order.system, facts.order.system)} {facts.order.code})"
+    system = _CODE_LABELS.get(facts.order.system, facts.order.system)
+    ordered = f"{facts.order.display or 'Lumbar spine MRI'} ({system} {facts.order.code})"
     rating = f" Rating recorded: **{RATING_WORDS[decision.rating]}**." if rating_card and decision.rating else ""
     parts.append(f"**Ordered study:** {ordered}.{rating}\n\n**ACR rating:** {content.acr_rating}")
     if content.advice:
