@@ -7,7 +7,6 @@ Pure: no I/O, no clock. Optional members are left out rather than sent empty (CD
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -134,7 +133,7 @@ def _card(
     suggestions = [s for s in (_suggestion(s, decision, draft, modifier) for s in content.suggestions) if s is not None]
     lead = table.sources[content.cites[0]]
     card: dict[str, Any] = {
-        "uuid": str(uuid.uuid4()),
+        "uuid": actions.random_uuid(),
         "summary": content.summary.replace("{prior_date}", prior),
         "detail": _detail(content, decision, prepared, rating_card=rating_card, prior=prior),
         "indicator": content.indicator,
@@ -180,7 +179,7 @@ def _suggestion(spec: Suggestion, decision: Decision, draft: actions.Draft, modi
     except (actions.InvalidOrder, KeyError) as exc:
         log.warning("suggestion %s dropped for %s: %s", spec.key, facts.order.reference, exc)
         return None
-    return {"label": spec.label, "uuid": str(uuid.uuid4()), "isRecommended": spec.recommended, "actions": [action]}
+    return {"label": spec.label, "uuid": actions.random_uuid(), "isRecommended": spec.recommended, "actions": [action]}
 
 
 def _prior_date(facts: Facts) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import uuid
 from typing import Any
 
 import pytest
@@ -149,3 +150,15 @@ def test_an_invalid_addition_is_not_taken_as_valid() -> None:
     assert not checks.code(" 72158", "x")  # a code with a leading space is not a FHIR code
     action = outcome(lambda d: actions.replace_code(d, " 72158", "x", None, "none"), fhir.mri_order(), checks)
     assert action == "InvalidOrder"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=16, max_size=16))
+def test_uuid_text_is_the_uuid_module_s(raw: bytes) -> None:
+    assert actions.uuid_text(raw) == str(uuid.UUID(bytes=raw, version=4))
+
+
+def test_random_uuids_are_version_4_and_differ() -> None:
+    drawn = {actions.random_uuid() for _ in range(1000)}
+    assert len(drawn) == 1000
+    assert all(uuid.UUID(u).version == 4 and uuid.UUID(u).variant == uuid.RFC_4122 for u in drawn)
