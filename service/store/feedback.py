@@ -54,10 +54,11 @@ MAX_ID_CHARS = 64             # card and suggestion uuids (a uuid is 36)
 MAX_CODE_CHARS = 256          # Coding.code
 MAX_TEXT_CHARS = 1024         # Coding.system, Coding.display
 LOOKUP_WAIT_SECONDS = 1.0     # how long to wait for a card another worker may just have issued
-WRITE_INTERVAL_SECONDS = 0.1  # the writer thread never holds rows longer than this when idle
-# Under load, one commit (one fsync) at most this often, carrying every card queued meanwhile: the
-# fsync per hook call was a fifth of a worker's time (benchmarks/README.md). A flush does not wait.
+# The writer thread looks for queued cards this often and writes them in one transaction (one
+# fsync): the fsync per hook call was a fifth of a worker's time, and waking the thread on each call
+# cost the request thread a GIL hand-off (benchmarks/README.md). A flush does not wait.
 COMMIT_INTERVAL_SECONDS = 0.05
+RETRY_SECONDS = 0.1           # the first wait after a database error; doubles up to 5 s
 MAX_PENDING_CARDS = 100_000   # beyond this (database down for long) the oldest rows are dropped
 
 
@@ -435,9 +436,9 @@ class _CardWriter:
     """Inserts queued card rows from a background thread, in batches.
 
     The thread starts at the first ``put`` (not at construction: gunicorn may fork after the app is
-    built, and threads do not survive a fork). It writes as soon as rows are queued, taking all rows
-    that accumulated while the previous batch was being written, so under load each commit (one
-    fsync) carries many cards. On a database error it keeps the rows and retries with a back-off.
+    built, and threads do not survive a fork). Every ``COMMIT_INTERVAL_SECONDS`` (at once on a
+    flush or close) it writes every row queued meanwhile in one transaction; ``put`` itself never
+    wakes it. On a database error it keeps the rows and retries with a back-off.
     """
 
     def __init__(self, engine: sa.Engine) -> None:
@@ -463,14 +464,11 @@ class _CardWriter:
         if self._pid != os.getpid():
             self._reset()  # a forked child: the parent writes what it queued, we start afresh
         with self._cond:
-            idle = not self._cards  # otherwise the writer knows rows are waiting: no wake-up per call
             self._cards.extend(card_rows)
             self._suggestions.extend(suggestion_rows)
             self._queued += len(card_rows)
             if self._thread is None:
                 self._start()
-            if idle:
-                self._cond.notify()
 
     def flush(self, timeout: float) -> bool:
         """Wait until every card queued before this call is written; False on timeout."""
@@ -508,14 +506,10 @@ class _CardWriter:
             _close_at_exit(self)
 
     def _run(self) -> None:
-        backoff = WRITE_INTERVAL_SECONDS
-        last_commit = 0.0
+        backoff = RETRY_SECONDS
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._cards or self._closing, WRITE_INTERVAL_SECONDS)
-                pause = COMMIT_INTERVAL_SECONDS - (time.monotonic() - last_commit)
-                if self._cards and pause > 0:
-                    self._cond.wait_for(lambda: self._closing or self._flushing > 0, pause)
+                self._cond.wait_for(lambda: self._closing or (self._flushing > 0 and self._cards), COMMIT_INTERVAL_SECONDS)
                 if not self._cards:
                     if self._closing:
                         self._disconnect()
@@ -523,13 +517,12 @@ class _CardWriter:
                     continue
                 cards, self._cards = self._cards, []
                 suggestions, self._suggestions = self._suggestions, []
-            last_commit = time.monotonic()
             try:
                 written = self._write(cards, suggestions)
             except Exception as exc:  # noqa: BLE001 - the thread must survive whatever happens
                 written = self._failed(len(cards), exc)
             if written:
-                backoff = WRITE_INTERVAL_SECONDS
+                backoff = RETRY_SECONDS
                 with self._cond:
                     self._settled += len(cards)
                     self._cond.notify_all()

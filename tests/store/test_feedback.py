@@ -325,6 +325,20 @@ def test_pending_cards_are_written_on_close(engine):
     store.close()
 
 
+def test_queued_cards_are_written_without_a_flush_and_batched(engine, store):
+    """The writer wakes on its own schedule (put never wakes it) and writes what queued meanwhile
+    in one transaction."""
+    transactions = []
+    sa.event.listen(engine, "commit", lambda conn: transactions.append(1))
+    for _ in range(20):
+        issue(store)
+    deadline = time.monotonic() + 2
+    while count(engine, schema.cards) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert count(engine, schema.cards) == 20
+    assert len(transactions) <= 2  # 20 calls' cards in one (or two, across a tick) commits
+
+
 def test_a_card_the_database_refuses_does_not_block_the_others(engine, store):
     good = [feedback.IssuedCard(
         card_uuid=str(uuid.uuid4()), suggestion_uuids=(str(uuid.uuid4()),), service_id="order-select",
