@@ -507,9 +507,13 @@ class _CardWriter:
 
     def _run(self) -> None:
         backoff = RETRY_SECONDS
+        # The first rows (the thread starts with them) are written at once, so the writer holds its
+        # connection before a burst of requests can take the whole pool.
+        pause = 0.0
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._closing or (self._flushing > 0 and self._cards), COMMIT_INTERVAL_SECONDS)
+                self._cond.wait_for(lambda: self._closing or (self._flushing > 0 and self._cards), pause)
+                pause = COMMIT_INTERVAL_SECONDS
                 if not self._cards:
                     if self._closing:
                         self._disconnect()
