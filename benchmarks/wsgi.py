@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300, help="measured calls per app and round")
     parser.add_argument("--rounds", type=int, default=10, help="service/floor rounds (alternating)")
     parser.add_argument("--profile", choices=("service", "floor"), help="cProfile this app's calls instead")
+    parser.add_argument("--only", choices=("service", "floor"), help="run this app's calls only (for instructions.py)")
     parser.add_argument("--top", type=int, default=40, help="rows of the profile to print")
     args = parser.parse_args()
     body = load.FIXTURE.read_bytes()
@@ -137,6 +138,10 @@ def main() -> None:
 
         for app in apps.values():
             measure(app, environs(warm))
+        if args.only:
+            measure(apps[args.only], environs(args.calls))
+            apps["service"].extensions["lumbar_mri_cds"].close()
+            return
         if args.profile:
             profiler = cProfile.Profile()
             r = measure(apps[args.profile], environs(args.calls), profiler)
