@@ -208,8 +208,13 @@ def _database_url(raw: Mapping[str, Any], base_dir: Path, environ: Mapping[str, 
         return f"sqlite:///{default_data_dir(environ) / 'lumbar-mri-cds.db'}"
     if not isinstance(value, str) or "://" not in value:
         raise ConfigError(f"{where}: database_url must be a URL such as sqlite:///path or postgresql://…")
+    if value in ("sqlite://", "sqlite:///:memory:"):
+        # Each SQLite connection would get a database of its own: the card writer thread, the replay
+        # cache and every worker would see empty databases without tables.
+        raise ConfigError(f"{where}: database_url cannot be an in-memory SQLite database; use a file "
+                          "(sqlite:///path) or PostgreSQL")
     prefix = "sqlite:///"
-    if value.startswith(prefix) and not value.startswith(prefix + "/") and value != "sqlite:///:memory:":
+    if value.startswith(prefix) and not value.startswith(prefix + "/"):
         # sqlite:///relative.db: relative to the configuration file, not to the working directory
         value = prefix + str(base_dir / value[len(prefix):])
     return value

@@ -121,6 +121,10 @@ INVALID = {
     "cors-origin-with-path": (PRODUCTION.replace('["https://sandbox.cds-hooks.org"]', '["https://x.example/app"]'),
                               "not an origin"),
     "bad-profile": (PRODUCTION.replace('"production"', '"staging"'), "profile must be"),
+    "in-memory-sqlite": (PRODUCTION.replace("postgresql://cds:s3cret@db.example.org/cds", "sqlite:///:memory:"),
+                         "in-memory SQLite"),
+    "in-memory-sqlite-short": (PRODUCTION.replace("postgresql://cds:s3cret@db.example.org/cds", "sqlite://"),
+                               "in-memory SQLite"),
     "not-toml": ("profile = ", "not valid TOML"),
 }
 
