@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `service` fro
 
 from service import config  # noqa: E402
 from service import server  # noqa: E402
+from service.security.jwt import LEEWAY_SECONDS  # noqa: E402  (the service's own claim rules)
+from service.security.jwt import REQUIRED_CLAIMS  # noqa: E402
 
-REQUIRED_CLAIMS = ["iss", "aud", "exp", "iat", "jti"]
-LEEWAY_SECONDS = 30
 EMPTY = orjson.dumps({"cards": []})
 
 
