@@ -64,11 +64,10 @@ class ReplayCache:
 
     def __init__(self, engine: sa.Engine, *, clock: Callable[[], float] = time.time) -> None:
         """A cache beside the store of ``engine``, with an engine of its own whose commits do not
-        wait for the disk (see above); creates its table when missing."""
+        wait for the disk (see above); creates its table when missing, wherever it lives."""
         url = replay_database_url(engine.url)
         self._engine = schema.create_engine(url.render_as_string(hide_password=False), power_safe=False)
-        if url != engine.url:
-            schema.create_schema(self._engine, tables=(seen_tokens,))
+        schema.create_schema(self._engine, tables=(seen_tokens,))
         compiled = _INSERT.compile(dialect=self._engine.dialect)
         self._insert_sql = str(compiled)
         self._order = compiled.positiontup  # parameter names, for drivers taking them by position
