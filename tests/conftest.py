@@ -98,3 +98,10 @@ def runner() -> CliRunner:
 def with_settings(settings: config.Settings, **changes: Any) -> config.Settings:
     """A copy of the settings with some fields changed."""
     return replace(settings, **changes)
+
+
+def trusting_fhir_server(settings: config.Settings, base: str, **changes: Any) -> config.Settings:
+    """A copy of the settings whose test issuer may send its calls' tokens to this FHIR base (and
+    with other fields changed)."""
+    issuer = replace(settings.issuers[0], fhir_servers=(base,))
+    return replace(settings, issuers=(issuer,), **changes)

@@ -13,6 +13,7 @@ import pytest
 from service.app import create_app
 from service.app import services_of
 from tests import fhir
+from tests.conftest import trusting_fhir_server
 from tests.fhirserver.runner import load_bundle
 from tests.fhirserver.runner import running_fhir_server
 
@@ -31,8 +32,7 @@ def fhir_base():
 
 @pytest.fixture
 def fetching_client(settings, fhir_base):
-    issuer = replace(settings.issuers[0], fhir_servers=(fhir_base,))
-    app = create_app(replace(settings, issuers=(issuer,)))
+    app = create_app(trusting_fhir_server(settings, fhir_base))
     yield app.test_client()
     services_of(app).close()
 
@@ -91,9 +91,7 @@ def slow_server():
 
 def _client_for(settings, httpserver):
     base = httpserver.url_for("/fhir")
-    issuer = replace(settings.issuers[0], fhir_servers=(base,))
-    fhir_settings = replace(settings.fhir, timeout_seconds=0.5)
-    app = create_app(replace(settings, issuers=(issuer,), fhir=fhir_settings))
+    app = create_app(trusting_fhir_server(settings, base, fhir=replace(settings.fhir, timeout_seconds=0.5)))
     yield app.test_client(), base
     services_of(app).close()
 

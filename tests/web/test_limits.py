@@ -17,6 +17,7 @@ from service import config
 from service.intake import envelope
 from tests import fhir
 from tests.conftest import ISSUER
+from tests.conftest import trusting_fhir_server
 from tests.conftest import with_settings
 from tests.serving import free_port
 from tests.serving import serving
@@ -217,10 +218,9 @@ def slow_fhir():
 
 @pytest.fixture
 def deadline_settings(settings, slow_fhir):
-    issuer = config.IssuerSettings(iss=ISSUER, jwks_file=settings.issuers[0].jwks_file,
-                                   fhir_servers=(slow_fhir.url_for("/fhir"),))
-    return with_settings(settings, issuers=(issuer,), limits=config.LimitsSettings(deadline_seconds=DEADLINE),
-                         fhir=config.FhirSettings(timeout_seconds=10.0))
+    return trusting_fhir_server(settings, slow_fhir.url_for("/fhir"),
+                                limits=config.LimitsSettings(deadline_seconds=DEADLINE),
+                                fhir=config.FhirSettings(timeout_seconds=10.0))
 
 
 @pytest.fixture

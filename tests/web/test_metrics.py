@@ -9,11 +9,11 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import config
 from service.app import create_app
 from service.app import services_of
 from tests import fhir
 from tests.conftest import ISSUER
+from tests.conftest import trusting_fhir_server
 from tests.conftest import with_settings
 from tests.serving import free_port
 from tests.serving import serving
@@ -25,9 +25,7 @@ SIGN = "/cds-services/order-sign"
 
 @pytest.fixture
 def settings(settings, httpserver):
-    issuer = config.IssuerSettings(iss=ISSUER, jwks_file=settings.issuers[0].jwks_file,
-                                   fhir_servers=(httpserver.url_for("/fhir"),))
-    return with_settings(settings, issuers=(issuer,))
+    return trusting_fhir_server(settings, httpserver.url_for("/fhir"))
 
 
 def samples(text):

@@ -16,13 +16,12 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from service import config
 from service.app import services_of
 from service.web import metrics
 from service.web import observability
 from tests import fhir
 from tests.conftest import ISSUER
-from tests.conftest import with_settings
+from tests.conftest import trusting_fhir_server
 from tests.serving import free_port
 from tests.serving import serving
 from tests.serving import write_config
@@ -35,9 +34,7 @@ FHIR_TOKEN = "fhir-access-token-b64-7f3a9c"
 
 @pytest.fixture
 def settings(settings, httpserver):
-    issuer = config.IssuerSettings(iss=ISSUER, jwks_file=settings.issuers[0].jwks_file,
-                                   fhir_servers=(httpserver.url_for("/fhir"),))
-    return with_settings(settings, issuers=(issuer,), patient_hash_salt=SALT)
+    return trusting_fhir_server(settings, httpserver.url_for("/fhir"), patient_hash_salt=SALT)
 
 
 @pytest.fixture
