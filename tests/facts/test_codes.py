@@ -22,6 +22,7 @@ LOINC = "http://loinc.org"
 CPT = "http://www.ama-assn.org/go/cpt"
 CPT_OID = "urn:oid:2.16.840.1.113883.6.12"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ATC = "http://www.whocc.no/atc"
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,8 @@ MEMBERSHIP = [
     (ICD10CM, "Z79.52", "long_term_steroids", True),
     # prior lumbar surgery
     (ICD10CM, "M96.1", "prior_lumbar_surgery", True),
-    (ICD10CM, "Z98.1", "prior_lumbar_surgery", True),
+    (ICD10CM, "Z98.1", "prior_lumbar_surgery", False),        # v2: fusion_status, lumbar only when located
+    (ICD10CM, "M96.0", "prior_lumbar_surgery", False),
     (CPT, "63030", "prior_lumbar_surgery", True),
     (CPT_OID, "22630", "prior_lumbar_surgery", True),
     (CPT, "63048", "prior_lumbar_surgery", False),         # additional segment, any region
@@ -163,6 +165,40 @@ MEMBERSHIP = [
     (CPT, "72141", "order_mri_lumbar", False),             # cervical MRI
     (CPT, "72131", "order_ct_lumbar", True),
     (CPT, "72100", "order_xray_lumbar", True),
+    # v2 facts
+    (ICD10CM, "N39.0", "recent_infection", True),         # urinary tract infection
+    (ICD10CM, "N30.00", "recent_infection", True),
+    (ICD10CM, "N30.10", "recent_infection", False),        # interstitial cystitis is not infection
+    (ICD10CM, "N12", "recent_infection", True),
+    (ICD10CM, "N13.6", "recent_infection", False),         # pyonephrosis: outside N10-N12
+    (ICD10CM, "L03.311", "recent_infection", True),        # cellulitis of abdominal wall
+    (ICD10CM, "L02.212", "recent_infection", True),
+    (ICD10CM, "L04.0", "recent_infection", False),         # lymphadenitis
+    (ICD10CM, "A41.9", "recent_infection", True),
+    (ICD10CM, "R63.4", "weight_loss", True),
+    (ICD10CM, "R63.5", "weight_loss", False),              # abnormal weight gain
+    (ICD10CM, "M45.6", "ankylosing_spondylitis", True),
+    (ICD10CM, "M46.1", "ankylosing_spondylitis", False),
+    (ICD10CM, "V43.52XA", "high_energy_mechanism", True),  # car driver in collision
+    (ICD10CM, "V99.XXXA", "high_energy_mechanism", True),
+    (ICD10CM, "W11.XXXA", "high_energy_mechanism", True),  # fall from a ladder
+    (ICD10CM, "W17.89XA", "high_energy_mechanism", True),
+    (ICD10CM, "W18.30XA", "high_energy_mechanism", False),  # fall on the same level
+    (ICD10CM, "W10.0XXA", "high_energy_mechanism", False),  # fall on stairs
+    (ICD10CM, "Z98.1", "fusion_status", True),
+    (ICD10CM, "M96.0", "fusion_status", True),
+    (ICD10CM, "M96.1", "fusion_status", False),
+    (SCT, "122496007", "lumbar_body_site", True),
+    (RXNORM, "5640", "nsaid_medication", True),
+    (RXNORM, "5640", "muscle_relaxant_medication", False),
+    (RXNORM, "21949", "muscle_relaxant_medication", True),
+    (ATC, "M01AE01", "nsaid_medication", True),            # ibuprofen, by ATC
+    (ATC, "M01AE01", "conservative_medication", True),
+    (ATC, "m03bx08", "muscle_relaxant_medication", True),
+    (ATC, "M03AX01", "muscle_relaxant_medication", False),  # botulinum toxin: peripherally acting
+    (ATC, "H02AB07", "glucocorticoid_medication", True),   # prednisone
+    (ATC, "H02AA02", "glucocorticoid_medication", False),  # fludrocortisone: a mineralocorticoid
+    (ATC, "D07AA02", "glucocorticoid_medication", False),  # topical hydrocortisone
 ]
 
 
@@ -383,3 +419,54 @@ def test_lookup_is_fast(vs: ValueSets) -> None:
                 vs.concepts(system, code)
         best = min(best, (time.perf_counter() - start) / (rounds * len(cases)))
     assert best < 20e-6
+
+
+@pytest.mark.parametrize(
+    ("system", "code", "display"),
+    [
+        (ICD10CM, "M54.50", "Low back pain, unspecified"),
+        (ICD10CM, "m5450", "Low back pain, unspecified"),
+        (ICD10CM, "S32.010A", "Wedge compression fracture of first lumbar vertebra, initial encounter for closed fracture"),
+        (ICD10CM, "R63.4", "Abnormal weight loss"),
+        (ICD10, "C34.90", "Malignant neoplasm of unspecified part of unspecified bronchus or lung"),
+        (CPT, "72148", "MRI lumbar spine without contrast"),       # the list's display
+        (SCT, "386661006", "Fever"),
+        (RXNORM, "8640", "prednisone"),
+        (ICD10CM, "E11.9", None),                                   # in no value set
+        (ICD10CM, None, None),
+        ("http://example.org", "M54.50", None),
+    ],
+)
+def test_display_is_the_official_title(vs: ValueSets, system: Any, code: Any, display: str | None) -> None:
+    assert vs.display(system, code) == display
+
+
+@pytest.mark.parametrize(
+    ("system", "code", "expected"),
+    [
+        (RXNORM, "8640", ("8640", "prednisone")),
+        (RXNORM, " 21949 ", ("21949", "cyclobenzaprine")),
+        (ATC, "H02AB", ("H02AB", "Glucocorticoids (corticosteroids for systemic use, plain)")),
+        (RXNORM, "1191", None),                 # aspirin: in no list
+        (SCT, "386661006", None),
+        (None, "8640", None),
+    ],
+)
+def test_ingredient(vs: ValueSets, system: Any, code: Any, expected: tuple[str, str] | None) -> None:
+    assert vs.ingredient(system, code) == expected
+
+
+def test_describe_counts_codes_and_names_sources(vs: ValueSets) -> None:
+    summaries = {s.name: s for s in vs.describe()}
+    assert list(summaries) == list(vs.names)
+    malignancy = summaries["malignancy"]
+    assert malignancy.description.startswith("Active cancer")
+    # C00-C96 minus C44 and Z85 minus Z85.82 cover well over a thousand codes of the tree
+    assert malignancy.codes[ICD10CM] > 1000
+    assert summaries["weight_loss"].codes[ICD10CM] == 1
+    icd = [s for s in malignancy.sources if s.system == ICD10CM]
+    assert icd and "ICD-10-CM FY2026" in icd[0].release
+    for summary in summaries.values():
+        assert summary.sources, summary.name
+        for source in summary.sources:
+            assert source.title and source.reference and source.release and source.codes > 0, (summary.name, source)
