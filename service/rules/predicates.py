@@ -1,13 +1,17 @@
 """The vocabulary of the rule table: named, pure predicates over ``Facts``.
 
 ``cards/rules.toml`` combines these by name (as business-rules declares variables in code and
-combines them in data). Each threshold names its decision-rules.md row.
+combines them in data). Each threshold names its decision-rules.md row. ``READS`` says which facts
+each predicate reads: the card leads with the facts that decided it, ``lumbar-mri-cds rules`` prints
+them, and the property test adds them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from service.facts.extract import AGE_CANCER_RISK
+from service.facts.extract import Days
 from service.facts.model import Contrast
 from service.facts.model import Facts
 from service.facts.model import Finding as F
@@ -15,15 +19,23 @@ from service.facts.model import Finding as F
 Predicate = Callable[[Facts], bool]
 
 # decision-rules.md rules 6-8: six weeks (42 days) separates acute from persistent pain.
-SIX_WEEKS_DAYS = 42
+SIX_WEEKS_DAYS = Days.SIX_WEEKS
+
+# v2 rule 7: weaker risk factors that do not change the rating but are shown as found (ACP-2011
+# Table 2 "defer imaging after a trial of therapy"), and every red flag that a rule reads only in
+# combination (fever alone, recent infection without fever, immunosuppression without back pain).
+WEAKER_RISK_FACTORS: tuple[F, ...] = (
+    F.FEVER, F.RECENT_INFECTION, F.IMMUNOSUPPRESSION, F.WEIGHT_LOSS, F.AGE_OVER_50, F.ANKYLOSING_SPONDYLITIS,
+    F.PAIN_OVER_ONE_MONTH, F.RECENT_TRAUMA,
+)
 
 
 def _has(finding: F) -> Predicate:
-    return lambda facts: facts.has(finding)
+    return lambda facts: finding in facts.findings
 
 
 def _both(a: F, b: F) -> Predicate:
-    return lambda facts: facts.has(a) and facts.has(b)
+    return lambda facts: a in facts.findings and b in facts.findings
 
 
 def _episode_6_weeks_or_more(facts: Facts) -> bool:
@@ -34,12 +46,31 @@ def _episode_under_6_weeks_or_unknown(facts: Facts) -> bool:
     return facts.episode_days is None or facts.episode_days < SIX_WEEKS_DAYS
 
 
+def _persistent_after_care(facts: Facts) -> bool:
+    return _episode_6_weeks_or_more(facts) and F.CONSERVATIVE_CARE in facts.findings and F.BACK_PAIN in facts.findings
+
+
+def _weight_loss_at_50_or_older(facts: Facts) -> bool:
+    return F.WEIGHT_LOSS in facts.findings and facts.age is not None and facts.age >= AGE_CANCER_RISK
+
+
+def _low_energy_trauma_in_older_patient(facts: Facts) -> bool:
+    found = facts.findings
+    return F.RECENT_TRAUMA in found and F.OLDER_AGE in found and F.HIGH_ENERGY_TRAUMA not in found
+
+
+def _weaker_risk_factor(facts: Facts) -> bool:
+    found = facts.findings
+    return any(f in found for f in WEAKER_RISK_FACTORS)
+
+
 PREDICATES: dict[str, Predicate] = {
     # the episode
     "back_pain_episode": _has(F.BACK_PAIN),
     "episode_6_weeks_or_more": _episode_6_weeks_or_more,
     "episode_under_6_weeks_or_unknown": _episode_under_6_weeks_or_unknown,
     "conservative_care": _has(F.CONSERVATIVE_CARE),
+    "persistent_after_conservative_care": _persistent_after_care,
     "order_has_reason": lambda facts: facts.order.has_reason,
     # rule 1
     "cauda_equina_signs": _has(F.CAUDA_EQUINA),
@@ -47,22 +78,66 @@ PREDICATES: dict[str, Predicate] = {
     # rule 2
     "malignancy": _has(F.MALIGNANCY),
     "spinal_infection": _has(F.SPINAL_INFECTION),
-    "fever_with_infection_risk": _both(F.FEVER, F.INFECTION_RISK),
+    "iv_drug_use": _has(F.IV_DRUG_USE),
+    "fever_with_recent_infection": _both(F.FEVER, F.RECENT_INFECTION),
     "fever_with_immunosuppression": _both(F.FEVER, F.IMMUNOSUPPRESSION),
     "immunosuppressed_with_back_pain": _both(F.IMMUNOSUPPRESSION, F.BACK_PAIN),
+    "weight_loss_at_50_or_older": _weight_loss_at_50_or_older,
     # rule 3
     "prior_lumbar_surgery": _has(F.PRIOR_LUMBAR_SURGERY),
     # rule 4
     "osteoporosis": _has(F.OSTEOPOROSIS),
     "long_term_steroids": _has(F.LONG_TERM_STEROIDS),
     "vertebral_fracture": _has(F.VERTEBRAL_FRACTURE),
-    "trauma_in_older_patient": _both(F.RECENT_TRAUMA, F.OLDER_AGE),
+    "age_over_70": _has(F.AGE_OVER_70),
+    "trauma_in_older_patient": _low_energy_trauma_in_older_patient,
+    "trauma_with_ankylosing_spondylitis": _both(F.RECENT_TRAUMA, F.ANKYLOSING_SPONDYLITIS),
     # rule 5
     "recent_trauma": _has(F.RECENT_TRAUMA),
+    "high_energy_trauma": _both(F.RECENT_TRAUMA, F.HIGH_ENERGY_TRAUMA),
+    "low_energy_trauma": lambda facts: F.RECENT_TRAUMA in facts.findings and F.HIGH_ENERGY_TRAUMA not in facts.findings,
+    # rule 5b
+    "prior_imaging_same_modality": _has(F.PRIOR_LUMBAR_IMAGING),
+    # rule 7: shown, not deciding
+    "weaker_risk_factor": _weaker_risk_factor,
     # modifiers
     "pregnant": _has(F.PREGNANCY),
-    "prior_lumbar_mri": _has(F.PRIOR_LUMBAR_MRI),
     "contrast_study": lambda facts: facts.order.contrast in (Contrast.WITH, Contrast.WITHOUT_WITH),
     "contrast_only_study": lambda facts: facts.order.contrast is Contrast.WITH,
     "without_then_with_study": lambda facts: facts.order.contrast is Contrast.WITHOUT_WITH,
+}
+
+# The facts each predicate reads (the episode predicates read the back pain episode).
+READS: dict[str, tuple[F, ...]] = {
+    "back_pain_episode": (F.BACK_PAIN,),
+    "episode_6_weeks_or_more": (F.BACK_PAIN,),
+    "episode_under_6_weeks_or_unknown": (F.BACK_PAIN,),
+    "conservative_care": (F.CONSERVATIVE_CARE,),
+    "persistent_after_conservative_care": (F.BACK_PAIN, F.CONSERVATIVE_CARE),
+    "order_has_reason": (),
+    "cauda_equina_signs": (F.CAUDA_EQUINA,),
+    "severe_motor_deficit": (F.MOTOR_DEFICIT,),
+    "malignancy": (F.MALIGNANCY,),
+    "spinal_infection": (F.SPINAL_INFECTION,),
+    "iv_drug_use": (F.IV_DRUG_USE,),
+    "fever_with_recent_infection": (F.FEVER, F.RECENT_INFECTION),
+    "fever_with_immunosuppression": (F.FEVER, F.IMMUNOSUPPRESSION),
+    "immunosuppressed_with_back_pain": (F.IMMUNOSUPPRESSION, F.BACK_PAIN),
+    "weight_loss_at_50_or_older": (F.WEIGHT_LOSS, F.AGE_OVER_50),
+    "prior_lumbar_surgery": (F.PRIOR_LUMBAR_SURGERY,),
+    "osteoporosis": (F.OSTEOPOROSIS,),
+    "long_term_steroids": (F.LONG_TERM_STEROIDS,),
+    "vertebral_fracture": (F.VERTEBRAL_FRACTURE,),
+    "age_over_70": (F.AGE_OVER_70,),
+    "trauma_in_older_patient": (F.RECENT_TRAUMA, F.OLDER_AGE),
+    "trauma_with_ankylosing_spondylitis": (F.RECENT_TRAUMA, F.ANKYLOSING_SPONDYLITIS),
+    "recent_trauma": (F.RECENT_TRAUMA,),
+    "high_energy_trauma": (F.RECENT_TRAUMA, F.HIGH_ENERGY_TRAUMA),
+    "low_energy_trauma": (F.RECENT_TRAUMA,),
+    "prior_imaging_same_modality": (F.PRIOR_LUMBAR_IMAGING,),
+    "weaker_risk_factor": WEAKER_RISK_FACTORS,
+    "pregnant": (F.PREGNANCY,),
+    "contrast_study": (),
+    "contrast_only_study": (),
+    "without_then_with_study": (),
 }

@@ -27,7 +27,7 @@ EXPECTED = [
     ("no-criteria-apply", []),
     ("pregnancy-contrast", ["acute-uncomplicated", "pregnancy-contrast"]),
     ("contrast-choice", ["persistent-after-conservative-care", "contrast-choice"]),
-    ("repeat-imaging", ["acute-uncomplicated", "repeat-imaging"]),
+    ("repeat-imaging", ["repeat-imaging"]),
     ("child", []),
 ]
 
