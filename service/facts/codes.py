@@ -92,7 +92,7 @@ class ConceptSummary:
     name: str
     description: str
     rule_source: str
-    codes: Mapping[str, int]        # canonical system URL -> codes matched (ICD-10-CM, ATC: codes of the shipped tree covered)
+    codes: Mapping[str, int]        # canonical system URL -> codes matched (ICD-10-CM: codes of the shipped tree covered; ATC: groups)
     sources: tuple[ListSource, ...]
 
 
@@ -159,6 +159,17 @@ class _PrefixIndex:
 
 
 @dataclass(frozen=True, slots=True)
+class _Product:
+    """An RxNorm product (SCD/SBD/pack) of rxnorm.json."""
+
+    name: str
+    ingredients: tuple[str, ...]   # ingredient names, as the RxNorm name gives them
+    rxcuis: tuple[str, ...]        # rxcuis of those ingredients valuesets.json lists (may be empty)
+    concepts: tuple[str, ...]      # concepts of the published list it came from
+    source: str                    # source id in rxnorm.json "sources"
+
+
+@dataclass(frozen=True, slots=True)
 class _Terminology:
     """The derived code lists (terminology/*.json), validated; empty when a file is absent."""
 
@@ -166,7 +177,7 @@ class _Terminology:
     icd10cm_source: ListSource | None
     snomed: tuple[tuple[str, ListSource, Mapping[str, str]], ...]  # (concept, source, code -> display)
     ingredients: Mapping[str, str]                              # RxNorm ingredient rxcui -> name
-    products: Mapping[str, tuple[str, tuple[str, ...], str]]    # product rxcui -> (name, ingredient rxcuis, source id)
+    products: Mapping[str, _Product]                            # product rxcui -> its ingredients, concepts, source
     rx_sources: Mapping[str, ListSource]                        # source id -> source
     atc: Mapping[str, tuple[str, str | None]]                   # ATC code -> (name, ingredient rxcui)
 
@@ -278,13 +289,25 @@ class ValueSets:
         return table.get(key)
 
     def ingredient(self, system: str | None, code: str | None) -> tuple[str, str] | None:
-        """(RxNorm ingredient rxcui, name) of an RxNorm product or ingredient code; (code, name) of an ATC code."""
+        """(RxNorm ingredient rxcui, name) of an RxNorm product or ingredient code; None when unknown.
+
+        A product maps to its first ingredient that valuesets.json lists (a product of other ingredients
+        only, e.g. metaxalone, has no rxcui here: None). An ATC code gives (code, name) with the name of
+        the code, or of its nearest listed group (H02AB06 -> the name of H02AB).
+        """
         if type(system) is not str or type(code) is not str:
             return None
         table = self._ingredient.get(system)
         if table is None:
             return None
-        return table.get(normalize_icd10(code) if system in self._prefix_urls else code.strip())
+        if system not in self._prefix_urls:
+            return table.get(code.strip())
+        key = normalize_icd10(code)  # ATC: the code's own name, else that of its nearest listed group
+        for n in range(len(key), 0, -1):
+            hit = table.get(key[:n])
+            if hit is not None:
+                return hit if n == len(key) else (key, hit[1])
+        return None
 
     def describe(self) -> list[ConceptSummary]:
         """Per concept, in file order: description, codes per system, and the lists with their sources and releases."""
@@ -296,6 +319,12 @@ class ValueSets:
             if alias not in self._systems:
                 continue
             url = self._systems[alias]
+            if not tree:  # no code tree shipped (ATC): count the entries (groups) instead
+                for concept, sources in self._sources.items():
+                    for source in sources:
+                        if source.system == url:
+                            counts[concept][url] = counts[concept].get(url, 0) + source.codes
+                continue
             index = self._prefix[url]
             for code in tree:
                 for concept in index.lookup(code):
@@ -516,17 +545,19 @@ def _load_rxnorm(path: Path) -> dict[str, Any]:
     if not isinstance(sources_raw, Mapping) or not sources_raw:
         raise ValueError(f"{path.name}: \"sources\" must map source ids to their provenance")
     ingredients = _code_map(doc.get("ingredients"), f"{path.name}: ingredients")
-    products: dict[str, tuple[str, tuple[str, ...], str]] = {}
+    products: dict[str, _Product] = {}
     for code, raw in (doc.get("products") or {}).items():
         where = f"{path.name}: product {code!r}"
         if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
             raise ValueError(f"{where}: needs a name")
-        ings = raw.get("ingredients")
-        if not isinstance(ings, list) or not ings or any(i not in ingredients for i in ings):
-            raise ValueError(f"{where}: every ingredient must be listed under \"ingredients\"")
+        names, rxcuis, concepts = (raw.get(k) for k in ("ingredients", "rxcuis", "concepts"))
+        if not all(isinstance(x, list) and all(isinstance(i, str) for i in x) for x in (names, rxcuis, concepts)) or not names:
+            raise ValueError(f"{where}: needs lists \"ingredients\" (non-empty), \"rxcuis\" and \"concepts\"")
+        if any(i not in ingredients for i in rxcuis):
+            raise ValueError(f"{where}: every rxcui must be listed under \"ingredients\"")
         if raw.get("source") not in sources_raw:
             raise ValueError(f"{where}: unknown source {raw.get('source')!r}")
-        products[code] = (raw["name"], tuple(ings), raw["source"])
+        products[code] = _Product(raw["name"], tuple(names), tuple(rxcuis), tuple(concepts), raw["source"])
     atc: dict[str, tuple[str, str | None]] = {}
     for code, raw in (doc.get("atc") or {}).items():
         where = f"{path.name}: atc {code!r}"
@@ -559,8 +590,12 @@ def _derived_entries(
         for e, is_exclude in entries:
             if e.alias == RXNORM and not is_exclude:
                 by_ingredient.setdefault(e.code, set()).add(e.concept)
-        for code, (_, ings, _) in term.products.items():
-            for concept in sorted(set().union(*(by_ingredient.get(i, set()) for i in ings))):
+        for code, product in term.products.items():
+            unknown = set(product.concepts) - names
+            if unknown:
+                raise ValueError(f"{RXNORM_FILE}: product {code!r} names unknown concepts {sorted(unknown)}")
+            by_rxcui = set().union(*(by_ingredient.get(i, set()) for i in product.rxcuis))
+            for concept in sorted(set(product.concepts) | by_rxcui):
                 out.append((_Entry(concept, RXNORM, code, None, "exact", None), False))
     return out
 
@@ -577,7 +612,7 @@ def _displays(data: Mapping[str, Any], term: _Terminology, systems: Mapping[str,
     official = {
         ICD10: term.icd10cm,
         SNOMED: {c: d for _, _, codes in term.snomed for c, d in codes.items()},
-        RXNORM: {**term.ingredients, **{c: p[0] for c, p in term.products.items()}},
+        RXNORM: {**term.ingredients, **{c: p.name for c, p in term.products.items()}},
         ATC: {c: a[0] for c, a in term.atc.items()},
     }
     out: dict[str, dict[str, str]] = {}
@@ -604,8 +639,9 @@ def _ingredients(
                 code = raw["code"].strip() if raw["system"] == RXNORM else normalize_icd10(raw["code"])
                 (rx if raw["system"] == RXNORM else atc)[code] = (code, raw["display"])
     rx.update({code: (code, name) for code, name in term.ingredients.items()})
-    for code, (_, ings, _) in term.products.items():
-        rx[code] = (ings[0], term.ingredients[ings[0]])
+    for code, product in term.products.items():
+        if product.rxcuis:  # the first ingredient the lists know; a product of unlisted ingredients has none
+            rx[code] = (product.rxcuis[0], term.ingredients[product.rxcuis[0]])
     atc.update({code: (code, name) for code, (name, _) in term.atc.items()})
     out: dict[str, dict[str, tuple[str, str]]] = {}
     for alias, table in ((RXNORM, rx), (ATC, atc)):
@@ -638,7 +674,7 @@ def _sources(
     for name, pairs in codings.items():
         for url, code in pairs:
             if code in products and url == canonical.get(RXNORM):
-                sid = products[code][2]
+                sid = products[code].source
                 product_sources.setdefault(name, {})[sid] = product_sources.get(name, {}).get(sid, 0) + 1
     for name, counts in product_sources.items():
         for sid, n in counts.items():
