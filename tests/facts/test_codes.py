@@ -429,6 +429,7 @@ def test_lookup_is_fast(vs: ValueSets) -> None:
         (ICD10CM, "m5450", "Low back pain, unspecified"),
         (ICD10CM, "S32.010A", "Wedge compression fracture of first lumbar vertebra, initial encounter for closed fracture"),
         (ICD10CM, "R63.4", "Abnormal weight loss"),
+        (ICD10CM, "M46.2", "Osteomyelitis of vertebra"),          # the tree wins over the list's wider label
         (ICD10, "C34.90", "Malignant neoplasm of unspecified part of unspecified bronchus or lung"),
         (CPT, "72148", "MRI lumbar spine without contrast"),       # the list's display
         (SCT, "386661006", "Fever"),
