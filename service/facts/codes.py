@@ -69,6 +69,30 @@ _MAX_RANGE_KEYS: Final[int] = 50_000
 _EMPTY: Final[frozenset[str]] = frozenset()
 
 
+# SNOMED CT identifiers end in a Verhoeff check digit (SNOMED CT Technical Implementation Guide, 6.7).
+_VERHOEFF_D: Final[tuple[tuple[int, ...], ...]] = (
+    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 3, 4, 0, 6, 7, 8, 9, 5), (2, 3, 4, 0, 1, 7, 8, 9, 5, 6),
+    (3, 4, 0, 1, 2, 8, 9, 5, 6, 7), (4, 0, 1, 2, 3, 9, 5, 6, 7, 8), (5, 9, 8, 7, 6, 0, 4, 3, 2, 1),
+    (6, 5, 9, 8, 7, 1, 0, 4, 3, 2), (7, 6, 5, 9, 8, 2, 1, 0, 4, 3), (8, 7, 6, 5, 9, 3, 2, 1, 0, 4),
+    (9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+)
+_VERHOEFF_P: Final[tuple[tuple[int, ...], ...]] = (
+    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 5, 7, 6, 2, 8, 3, 0, 9, 4), (5, 8, 0, 3, 7, 9, 6, 1, 4, 2),
+    (8, 9, 1, 6, 0, 4, 3, 5, 2, 7), (9, 4, 5, 3, 1, 2, 6, 8, 7, 0), (4, 2, 8, 6, 5, 7, 3, 9, 0, 1),
+    (2, 7, 9, 3, 8, 0, 6, 4, 1, 5), (7, 0, 4, 6, 9, 1, 3, 2, 5, 8),
+)
+
+
+def snomed_check_digit_ok(code: str) -> bool:
+    """Whether a SNOMED CT identifier is all digits and its last digit is the Verhoeff check digit."""
+    if not code.isdigit() or len(code) < 6:
+        return False
+    check = 0
+    for i, ch in enumerate(reversed(code)):
+        check = _VERHOEFF_D[check][_VERHOEFF_P[i % 8][int(ch)]]
+    return check == 0
+
+
 def normalize_icd10(code: str) -> str:
     """ICD-10 (or ATC) code as compared: upper-case, no dot, no surrounding whitespace."""
     return code.strip().replace(".", "").upper()
@@ -529,8 +553,9 @@ def _load_terminology(folder: Path) -> _Terminology:
         for i, raw in enumerate(lists):
             where = f"{path.name}: lists[{i}] ({raw.get('concept') if isinstance(raw, Mapping) else raw})"
             codes = _code_map(raw.get("codes") if isinstance(raw, Mapping) else None, where)
-            if any(not c.isdigit() for c in codes):
-                raise ValueError(f"{where}: SNOMED CT codes are digits")
+            bad = [c for c in codes if not snomed_check_digit_ok(c)]
+            if bad:
+                raise ValueError(f"{where}: not SNOMED CT identifiers (check digit): {bad[:5]}")
             snomed.append((str(raw.get("concept")), _list_source(raw, "http://snomed.info/sct", where, len(codes)), codes))
     rx = _load_rxnorm(folder / RXNORM_FILE)
     return _Terminology(icd10cm=icd, icd10cm_source=icd_source, snomed=tuple(snomed), **rx)

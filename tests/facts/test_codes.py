@@ -14,6 +14,7 @@ from service.facts.codes import DEFAULT_PATH
 from service.facts.codes import REQUIRED_CONCEPTS
 from service.facts.codes import ValueSets
 from service.facts.codes import default_valuesets
+from service.facts.codes import snomed_check_digit_ok
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
@@ -301,22 +302,6 @@ def _loinc_check_digit_ok(code: str) -> bool:
     return (10 - total % 10) % 10 == int(check)
 
 
-_D = [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 0, 6, 7, 8, 9, 5], [2, 3, 4, 0, 1, 7, 8, 9, 5, 6],
-      [3, 4, 0, 1, 2, 8, 9, 5, 6, 7], [4, 0, 1, 2, 3, 9, 5, 6, 7, 8], [5, 9, 8, 7, 6, 0, 4, 3, 2, 1],
-      [6, 5, 9, 8, 7, 1, 0, 4, 3, 2], [7, 6, 5, 9, 8, 2, 1, 0, 4, 3], [8, 7, 6, 5, 9, 3, 2, 1, 0, 4],
-      [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]]
-_P = [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 5, 7, 6, 2, 8, 3, 0, 9, 4], [5, 8, 0, 3, 7, 9, 6, 1, 4, 2],
-      [8, 9, 1, 6, 0, 4, 3, 5, 2, 7], [9, 4, 5, 3, 1, 2, 6, 8, 7, 0], [4, 2, 8, 6, 5, 7, 3, 9, 0, 1],
-      [2, 7, 9, 3, 8, 0, 6, 4, 1, 5], [7, 0, 4, 6, 9, 1, 3, 2, 5, 8]]
-
-
-def _snomed_verhoeff_ok(code: str) -> bool:
-    check = 0
-    for i, ch in enumerate(reversed(code)):
-        check = _D[check][_P[i % 8][int(ch)]]
-    return check == 0
-
-
 def test_loinc_and_snomed_identifiers_carry_valid_check_digits(raw: dict[str, Any]) -> None:
     """A mistyped LOINC or SNOMED CT id fails its check digit (LOINC mod 10, SNOMED Verhoeff)."""
     for name, concept in raw["concepts"].items():
@@ -324,7 +309,7 @@ def test_loinc_and_snomed_identifiers_carry_valid_check_digits(raw: dict[str, An
             if entry["system"] == "loinc":
                 assert _loinc_check_digit_ok(entry["code"]), (name, entry["code"])
             if entry["system"] == "snomed":
-                assert entry["code"].isdigit() and _snomed_verhoeff_ok(entry["code"]), (name, entry["code"])
+                assert snomed_check_digit_ok(entry["code"]), (name, entry["code"])
 
 
 def _write(tmp_path: Path, doc: dict[str, Any]) -> Path:

@@ -41,6 +41,7 @@ from common import TERMINOLOGY
 from common import write_json
 
 from service.facts.codes import SNOMED_FILE
+from service.facts.codes import snomed_check_digit_ok
 
 SCT = "http://snomed.info/sct"
 
@@ -112,87 +113,91 @@ TRAUMA_NOT = (
     r"|puerper|obstetric|abortion|miscarriage|termination|membranes|uter|aneurysm|non-?traumatic|rhabdomyolysis|insect"
     r"|bite|blister|arteriovenous|perine|vagin|vulv|urethra|cervix|infected"
 )
+POOLS: dict[str, tuple[str, str | None]] = {  # where "codes found in published expansions" are looked for
+    "ecqm": ("ecqm", None), "ecqm-r4": ("ecqm-r4", None),
+    "ips": ("ips", IPS_PROBLEMS), "ips-procedures": ("ips", IPS_PROCEDURES),
+}
+HISTORY_OF_CANCER = r"^(personal )?history of .*(malignan|cancer|carcinoma|lymphoma|leuk(a)?emia|melanoma|sarcoma|myeloma)"
+MOTOR = r"foot drop|drop foot|monoplegia of (the )?(dominant |nondominant )?lower limb|\bparaplegia\b"
+MOTOR_NOT = r"late effect|sequela|syndrome|hereditary|familial|autosomal|intellectual|gait|type \d"
+SPINAL_INFECTION = (
+    r"osteomyelitis of (vertebra|.*spine)|discitis|infection of intervertebral disc|(epidural|intraspinal|spinal cord) .*abscess"
+    r"|abscess (in|of) .*(epidural|spinal)|intraspinal .*abscess|tuberculosis of (vertebral column|.*spine)"
+    r"|brodie's abscess of .*spine|spondylodiscitis"
+)
+FEVER = r"^fever\b|pyrexia|hyperpyrexia|febrile neutropenia"
+FEVER_NOT = (r"seizure|convuls|puerperal|maternal|labou?r|rheumatic|typhoid|yellow|scarlet|dengue|h(a)?emorrhagic|q fever"
+             r"|spotted|relapsing|valley|periodic|enteric|familial")
+IV_DRUGS = (r"intravenous (cocaine|nondependent|drug|opioid|heroin|amphetamine|substance)|injecting drug|injection drug"
+            r"|drug use.*intravenous")
+INFECTION = (r"sepsis|septic(a)?emia|bacter(a)?emia|infective endocarditis|bacterial endocarditis|acute endocarditis"
+             r"|subacute endocarditis|urinary tract infection|pyelonephritis|acute cystitis|cellulitis|cutaneous abscess"
+             r"|abscess of skin|furuncle|carbuncle")
+WEIGHT_LOSS = r"(unintentional|unexplained|abnormal) weight loss"
+LUMBAR_SURGERY = (
+    r"(lumbar|lumbosacral|L[1-5]).*(laminectomy|laminotomy|hemilaminectomy|discectomy|diskectomy|fusion|arthrodesis"
+    r"|decompression|excision of lamina|foraminotomy|facetectomy|disc prosthesis|intervertebral disc|fixation)"
+    r"|(laminectomy|laminotomy|hemilaminectomy|discectomy|diskectomy|fusion|arthrodesis|decompression|excision of lamina"
+    r"|foraminotomy|facetectomy|fixation).*(lumbar|lumbosacral)"
+)
+LUMBAR_SURGERY_NOT = r"injection|block|puncture|an(a)?esthe|drain|radiograph|imaging|biopsy|\(disorder\)|\(finding\)|cervical|thoracic vertebra\b"
+LOW_BACK_PAIN = (r"low back pain|lumbago|backache|lumbar (spondylosis|strain|sprain)|lumbosacral (strain|sprain)"
+                 r"|pain (of|in) (the )?lower back|degeneration of lumbar intervertebral disc|lumbar disc degeneration")
+LOW_BACK_PAIN_NOT = r"sciatica|radicul|myelopathy|psychogenic|neoplasm|history of|family|radiating|cauda equina|pregnan"
+RADICULOPATHY = (
+    r"sciatica|(lumbar|lumbosacral) radiculopathy|radiculopathy.*(lumbar|lumbosacral)|spinal stenosis of lumbar"
+    r"|lumbar (spinal )?stenosis|stenosis of lumbar|prolapsed lumbar|lumbar disc.*(displacement|herniation|prolapse)"
+    r"|herniat.*lumbar|lumbar nerve root (compression|lesion)|compression of lumbar nerve root"
+)
+RADICULOPATHY_NOT = r"cervical|thoracic|history of|family|cauda equina|injury|avulsion|traction|contusion|diabet"
+
+
+def found(concept: str, where: tuple[str, ...], include: str, exclude: str | None, why: str) -> tuple[Pull, ...]:
+    """The same display filter over several sources: the descendants found in their published expansions."""
+    return tuple(Pull(concept, *POOLS[w], include=include, exclude=exclude, why=why) for w in where)
+
+
 PULLS: tuple[Pull, ...] = (
     # malignancy: ICD C00-C96 minus C44, Z85 minus Z85.82; SNOMED malignant neoplastic disease and descendants,
-    # minus basal / squamous cell carcinoma of skin, plus history of malignant neoplasm.
+    # minus skin cancer as ICD-10-CM leaves it out, plus history of malignant neoplasm.
     Pull("malignancy", "ecqm", vsac("2.16.840.1.113762.1.4.1111.161"), exclude=SKIN_NMSC,
          why="whole value set minus skin cancer other than melanoma, Merkel cell, Kaposi, lymphoma and sarcoma (display; the ICD-10-CM C44 exclusion)"),
-    Pull("malignancy", "ips", IPS_PROBLEMS,
-         include=r"^(personal )?history of .*(malignan|cancer|carcinoma|lymphoma|leuk(a)?emia|melanoma|sarcoma|myeloma)",
-         exclude=SKIN_NMSC + r"|family history",
-         why="history of malignant neoplasm (display 'History of ... malignant/cancer/carcinoma/lymphoma/...'), minus skin cancer as above"),
-    Pull("malignancy", "ecqm", None,
-         include=r"^(personal )?history of .*(malignan|cancer|carcinoma|lymphoma|leuk(a)?emia|melanoma|sarcoma|myeloma)",
-         exclude=SKIN_NMSC + r"|family history",
-         why="history of malignant neoplasm, as found in any eCQM expansion, minus skin cancer as above"),
+    *found("malignancy", ("ips", "ecqm"), HISTORY_OF_CANCER, SKIN_NMSC + r"|family history",
+           "history of malignant neoplasm (display 'History of ... malignant/cancer/carcinoma/lymphoma/...'), minus skin cancer as above"),
     # severe or progressive motor deficit: foot drop, monoplegia of a lower limb, paraplegia
-    Pull("motor_deficit", "ecqm", None,
-         include=r"foot drop|drop foot|monoplegia of (the )?(dominant |nondominant )?lower limb|\bparaplegia\b",
-         exclude=r"late effect|sequela|syndrome|hereditary|familial|autosomal|intellectual|gait|type \d",
-         why="foot drop, monoplegia of lower limb, paraplegia (display); not stroke sequelae or hereditary syndromes"),
-    Pull("motor_deficit", "ips", IPS_PROBLEMS,
-         include=r"foot drop|drop foot|monoplegia of (the )?(dominant |nondominant )?lower limb|\bparaplegia\b",
-         exclude=r"late effect|sequela|syndrome|hereditary|familial|autosomal|intellectual|gait|type \d",
-         why="foot drop, monoplegia of lower limb, paraplegia (display); not stroke sequelae or hereditary syndromes"),
+    *found("motor_deficit", ("ecqm", "ips"), MOTOR, MOTOR_NOT,
+           "foot drop, monoplegia of lower limb, paraplegia (display); not stroke sequelae or hereditary syndromes"),
     # cauda equina signs
     Pull("cauda_equina", "ecqm", vsac("2.16.840.1.113883.3.464.1003.114.12.1012"),
          include=r"cauda equina|saddle", exclude=r"neoplasm",
          why="CMS166 'Neurologic impairment': its cauda equina syndrome, lesion and injury codes and saddle numbness (display), not neoplasms"),
     Pull("cauda_equina", "ecqm", vsac("2.16.840.1.113762.1.4.1164.52"), why="whole value set (retention of urine)"),
-    Pull("cauda_equina", "ips", IPS_PROBLEMS,
-         include=r"retention of urine|urinary retention|incontinence of f(a)?eces|f(a)?ecal incontinence|saddle (anesthesia|anaesthesia|numbness)|cauda equina",
-         why="retention of urine, fecal incontinence, saddle anesthesia, cauda equina (display)"),
+    *found("cauda_equina", ("ips",),
+           r"retention of urine|urinary retention|incontinence of f(a)?eces|f(a)?ecal incontinence|saddle (anesthesia|anaesthesia|numbness)|cauda equina",
+           r"neoplasm", "retention of urine, fecal incontinence, saddle anesthesia, cauda equina (display)"),
     # spinal infection
-    Pull("spinal_infection", "ecqm", None,
-         include=r"osteomyelitis of (vertebra|.*spine)|discitis|infection of intervertebral disc|(epidural|intraspinal|spinal cord) .*abscess|abscess (in|of) .*(epidural|spinal)|intraspinal .*abscess|tuberculosis of (vertebral column|.*spine)|brodie's abscess of .*spine|spondylodiscitis",
-         why="vertebral osteomyelitis, discitis, spinal epidural/intraspinal abscess, spinal tuberculosis (display)"),
-    Pull("spinal_infection", "ecqm-r4", None,
-         include=r"osteomyelitis of (vertebra|.*spine)|discitis|infection of intervertebral disc|(epidural|intraspinal|spinal cord) .*abscess|abscess (in|of) .*(epidural|spinal)|intraspinal .*abscess|tuberculosis of (vertebral column|.*spine)|brodie's abscess of .*spine|spondylodiscitis",
-         why="as above, from the older R4 eCQM expansions"),
-    Pull("spinal_infection", "ips", IPS_PROBLEMS,
-         include=r"osteomyelitis of (vertebra|.*spine)|discitis|infection of intervertebral disc|(epidural|intraspinal) .*abscess|tuberculosis of (vertebral column|.*spine)|spondylodiscitis",
-         why="as above, from the IPS free set"),
+    *found("spinal_infection", ("ecqm", "ecqm-r4", "ips"), SPINAL_INFECTION, None,
+           "vertebral osteomyelitis, discitis, spinal epidural/intraspinal abscess, spinal tuberculosis (display)"),
     # fever
-    Pull("fever", "ips", IPS_PROBLEMS, include=r"^fever\b|pyrexia|hyperpyrexia|febrile neutropenia",
-         exclude=r"seizure|convuls|puerperal|maternal|labou?r|rheumatic|typhoid|yellow|scarlet|dengue|h(a)?emorrhagic|q fever|spotted|relapsing|valley|periodic|enteric|familial",
-         why="fever, pyrexia, hyperpyrexia (display); not named infectious fevers or febrile seizures"),
-    Pull("fever", "ecqm", None, include=r"^fever\b|pyrexia|hyperpyrexia|febrile neutropenia",
-         exclude=r"seizure|convuls|puerperal|maternal|labou?r|rheumatic|typhoid|yellow|scarlet|dengue|h(a)?emorrhagic|q fever|spotted|relapsing|valley|periodic|enteric|familial",
-         why="as above, from any eCQM expansion"),
+    *found("fever", ("ips", "ecqm"), FEVER, FEVER_NOT,
+           "fever, pyrexia, hyperpyrexia (display); not named infectious fevers or febrile seizures"),
     # injection drug use
-    Pull("iv_drug_use", "ecqm", None,
-         include=r"intravenous (cocaine|nondependent|drug|opioid|heroin|amphetamine|substance)|injecting drug|injection drug|drug use.*intravenous",
-         exclude=r"thrombosis|catheter|route|therapy",
-         why="intravenous (injection) drug use or abuse findings (display)"),
-    Pull("iv_drug_use", "ecqm-r4", None,
-         include=r"intravenous (cocaine|nondependent|drug|opioid|heroin|amphetamine|substance)|injecting drug|injection drug|drug use.*intravenous",
-         exclude=r"thrombosis|catheter|route|therapy", why="as above, from the older R4 eCQM expansions"),
-    Pull("iv_drug_use", "ips", IPS_PROBLEMS,
-         include=r"intravenous (drug|cocaine|opioid|heroin)|injecting drug|injection drug",
-         why="as above, from the IPS free set"),
+    *found("iv_drug_use", ("ecqm", "ecqm-r4", "ips"), IV_DRUGS, r"thrombosis|catheter|route|therapy",
+           "intravenous (injection) drug use or abuse findings (display)"),
     # recent infection (R78.81, A40-A41, I33, N10-N12, N30.0, N39.0, L02, L03)
-    Pull("recent_infection", "ips", IPS_PROBLEMS,
-         include=r"sepsis|septic(a)?emia|bacter(a)?emia|infective endocarditis|bacterial endocarditis|acute endocarditis|subacute endocarditis|urinary tract infection|pyelonephritis|acute cystitis|cellulitis|cutaneous abscess|abscess of skin|furuncle|carbuncle",
-         exclude=INFECTION_NOT,
-         why="sepsis, bacteremia, infective endocarditis, urinary tract infection, pyelonephritis, acute cystitis, cellulitis, skin abscess (display)"),
-    Pull("recent_infection", "ecqm", None,
-         include=r"sepsis|septic(a)?emia|bacter(a)?emia|infective endocarditis|bacterial endocarditis|acute endocarditis|subacute endocarditis|urinary tract infection|pyelonephritis|acute cystitis|cellulitis|cutaneous abscess|abscess of skin|furuncle|carbuncle",
-         exclude=INFECTION_NOT,
-         why="as above, from any eCQM expansion"),
+    *found("recent_infection", ("ips", "ecqm"), INFECTION, INFECTION_NOT,
+           "sepsis, bacteremia, infective endocarditis, urinary tract infection, pyelonephritis, acute cystitis, cellulitis, skin abscess (display); not obstetric or mucosal"),
     # immunosuppression
     Pull("immunosuppression", "ecqm", vsac("2.16.840.1.113883.3.464.1003.120.12.1003"), why="whole value set (HIV)"),
     Pull("immunosuppression", "ecqm", vsac("2.16.840.1.113883.3.666.5.1940"),
          include=r"immunodeficien|human immunodeficiency|immunosuppress",
          why="'Immunocompromised Conditions': immunodeficiency and HIV codes only (its lymphomas and leukemias are malignancy)"),
-    Pull("immunosuppression", "ips", IPS_PROBLEMS,
-         include=r"immunodeficien|immunosuppress|^history of .*transplant|transplant recipient|transplanted organ",
-         exclude=r"harvesting|donor|cornea|skin|exposure",
-         why="immunodeficiency, immunosuppression, history of organ transplant (display)"),
+    *found("immunosuppression", ("ips",),
+           r"immunodeficien|immunosuppress|^history of .*transplant|transplant recipient|transplanted organ",
+           r"harvesting|donor|cornea|skin|exposure", "immunodeficiency, immunosuppression, history of organ transplant (display)"),
     # unintentional weight loss (448765001 and descendants)
-    Pull("weight_loss", "ecqm", None, include=r"(unintentional|unexplained|abnormal) weight loss",
-         why="unintentional, unexplained or abnormal weight loss (display); not weight loss in general"),
-    Pull("weight_loss", "ips", IPS_PROBLEMS, include=r"(unintentional|unexplained|abnormal) weight loss",
-         why="as above, from the IPS free set"),
+    *found("weight_loss", ("ecqm", "ips"), WEIGHT_LOSS, None,
+           "unintentional, unexplained or abnormal weight loss (display); not weight loss in general"),
     # ankylosing spondylitis (9631008 and descendants)
     Pull("ankylosing_spondylitis", "ecqm", vsac("2.16.840.1.113883.3.464.1003.113.12.1045"), why="whole value set"),
     # fracture risk
@@ -202,43 +207,28 @@ PULLS: tuple[Pull, ...] = (
          include=r"vertebra|vertebral|spine|spinal",
          exclude=r"cervical|sacr|coccy",
          why="'Osteoporosis With Current Fracture': its vertebral fractures (display), not cervical or sacral"),
-    Pull("vertebral_fracture", "ecqm", None,
-         include=r"fracture of (the )?(thoracic|lumbar) (vertebra|spine)|fracture of vertebra|fracture of vertebral column|(thoracic|lumbar) vertebra.*fracture|collapse of .*vertebra|vertebral (compression )?fracture|compression fracture of .*vertebra",
-         exclude=r"cervical|sacr|coccy|history of|risk|family|without current|stress",
-         why="fractures of thoracic or lumbar vertebrae, vertebral collapse (display), found in any eCQM expansion"),
-    Pull("trauma", "ecqm", None,
-         include=r"(fracture|dislocation|subluxation|injury|contusion|laceration|crush|wound|rupture|trauma).*(thora|lumbar|abdom|pelvi|lower back|back|spine|spinal|vertebra|rib\b|ribs|sternum|sacrum|coccyx|pubi|ilium|iliac|ischium|acetabul|kidney|spleen|liver|bladder|cauda equina)",
-         exclude=TRAUMA_NOT,
-         why="injuries and fractures of the thorax, abdomen, lower back, lumbar spine and pelvis (display), found in any eCQM expansion; not sprains/strains, pathological or old fractures, nor injuries elsewhere"),
+    *found("vertebral_fracture", ("ecqm",),
+           r"fracture of (the )?(thoracic|lumbar) (vertebra|spine)|fracture of vertebra|fracture of vertebral column|(thoracic|lumbar) vertebra.*fracture|collapse of .*vertebra|vertebral (compression )?fracture|compression fracture of .*vertebra",
+           r"cervical|sacr|coccy|history of|risk|family|without current|stress",
+           "fractures of thoracic or lumbar vertebrae, vertebral collapse (display)"),
+    *found("trauma", ("ecqm",),
+           r"(fracture|dislocation|subluxation|injury|contusion|laceration|crush|wound|rupture|trauma).*(thora|lumbar|abdom|pelvi|lower back|back|spine|spinal|vertebra|rib\b|ribs|sternum|sacrum|coccyx|pubi|ilium|iliac|ischium|acetabul|kidney|spleen|liver|bladder|cauda equina)",
+           TRAUMA_NOT,
+           "injuries and fractures of the thorax, abdomen, lower back, lumbar spine and pelvis (display); not sprains/strains, pathological or old fractures, obstetric injuries, nor injuries elsewhere"),
     # prior lumbar surgery (procedures)
-    Pull("prior_lumbar_surgery", "ecqm", None,
-         include=r"(lumbar|lumbosacral|L[1-5]).*(laminectomy|laminotomy|hemilaminectomy|discectomy|diskectomy|fusion|arthrodesis|decompression|excision of lamina|foraminotomy|facetectomy|disc prosthesis|intervertebral disc|fixation)|(laminectomy|laminotomy|hemilaminectomy|discectomy|diskectomy|fusion|arthrodesis|decompression|excision of lamina|foraminotomy|facetectomy|fixation).*(lumbar|lumbosacral)",
-         exclude=r"injection|block|puncture|an(a)?esthe|drain|radiograph|imaging|biopsy|\(disorder\)|\(finding\)|cervical|thoracic vertebra\b",
-         why="lumbar spine decompression, discectomy, fusion and fixation procedures (display), found in any eCQM expansion"),
-    Pull("prior_lumbar_surgery", "ips", IPS_PROCEDURES,
-         include=r"(lumbar|lumbosacral).*(laminectomy|laminotomy|discectomy|diskectomy|fusion|arthrodesis|decompression|foraminotomy)|(laminectomy|laminotomy|discectomy|diskectomy|fusion|arthrodesis|decompression|foraminotomy).*(lumbar|lumbosacral)",
-         why="as above, from the IPS free set (procedures)"),
+    *found("prior_lumbar_surgery", ("ecqm", "ips-procedures"), LUMBAR_SURGERY, LUMBAR_SURGERY_NOT,
+           "lumbar spine decompression, discectomy, fusion and fixation procedures (display)"),
     # conservative care
     Pull("physical_therapy", "ecqm", vsac("2.16.840.1.113883.3.526.3.1022"), why="whole value set (SNOMED CT part; CPT codes are curated)"),
-    Pull("physical_therapy", "ips", IPS_PROCEDURES, include=r"physiotherap|physical therap",
-         exclude=r"referral|declined|refused|not indicated", why="physiotherapy / physical therapy procedures (display)"),
+    *found("physical_therapy", ("ips-procedures",), r"physiotherap|physical therap", r"referral|declined|refused|not indicated",
+           "physiotherapy / physical therapy procedures (display)"),
     # pregnancy
     Pull("pregnancy", "ecqm", vsac("2.16.840.1.113883.3.526.3.378"), why="whole value set (SNOMED CT part)"),
     # the back pain episode
-    Pull("low_back_pain", "ecqm", None,
-         include=r"low back pain|lumbago|backache|lumbar (spondylosis|strain|sprain)|lumbosacral (strain|sprain)|pain (of|in) (the )?lower back|degeneration of lumbar intervertebral disc|lumbar disc degeneration",
-         exclude=r"sciatica|radicul|myelopathy|psychogenic|neoplasm|history of|family|radiating|cauda equina|pregnan",
-         why="low back pain, lumbago, lumbar spondylosis, lumbar disc degeneration, lumbar strain (display)"),
-    Pull("low_back_pain", "ips", IPS_PROBLEMS,
-         include=r"low back pain|lumbago|backache|lumbar (spondylosis|strain|sprain)|lumbosacral (strain|sprain)|degeneration of lumbar intervertebral disc|lumbar disc degeneration",
-         exclude=r"sciatica|radicul|myelopathy|psychogenic|neoplasm|history of|family|radiating|cauda equina|pregnan", why="as above, from the IPS free set"),
-    Pull("radiculopathy_stenosis", "ecqm", None,
-         include=r"sciatica|(lumbar|lumbosacral) radiculopathy|radiculopathy.*(lumbar|lumbosacral)|spinal stenosis of lumbar|lumbar (spinal )?stenosis|stenosis of lumbar|prolapsed lumbar|lumbar disc.*(displacement|herniation|prolapse)|herniat.*lumbar|lumbar nerve root (compression|lesion)|compression of lumbar nerve root",
-         exclude=r"cervical|thoracic|history of|family|cauda equina|injury|avulsion|traction|contusion|diabet",
-         why="sciatica, lumbar radiculopathy, lumbar spinal stenosis, lumbar disc herniation (display)"),
-    Pull("radiculopathy_stenosis", "ips", IPS_PROBLEMS,
-         include=r"sciatica|(lumbar|lumbosacral) radiculopathy|radiculopathy.*(lumbar|lumbosacral)|spinal stenosis of lumbar|lumbar (spinal )?stenosis|prolapsed lumbar|lumbar disc.*(displacement|herniation|prolapse)|herniat.*lumbar",
-         exclude=r"cervical|thoracic|history of|family|cauda equina", why="as above, from the IPS free set"),
+    *found("low_back_pain", ("ecqm", "ips"), LOW_BACK_PAIN, LOW_BACK_PAIN_NOT,
+           "low back pain, lumbago, lumbar spondylosis, lumbar disc degeneration, lumbar strain (display)"),
+    *found("radiculopathy_stenosis", ("ecqm", "ips"), RADICULOPATHY, RADICULOPATHY_NOT,
+           "sciatica, lumbar radiculopathy, lumbar spinal stenosis, lumbar disc herniation (display)"),
     # bodySite: lumbar spine structures (DICOM anatomic regions, vertebrae, disc levels)
     Pull("lumbar_body_site", "dicom", dicom("4031-CommonAnatomicRegion"), include=r"lumb",
          why="DICOM CID 4031 Common Anatomic Region: lumbar, lumbo-sacral and thoraco-lumbar spine (display)"),
@@ -384,23 +374,6 @@ def pool(checkouts: Checkouts, key: str, cache: dict[str, ValueSetFile]) -> Valu
 
 # --- checks and output --------------------------------------------------------------------------------
 
-_D = [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 0, 6, 7, 8, 9, 5], [2, 3, 4, 0, 1, 7, 8, 9, 5, 6],
-      [3, 4, 0, 1, 2, 8, 9, 5, 6, 7], [4, 0, 1, 2, 3, 9, 5, 6, 7, 8], [5, 9, 8, 7, 6, 0, 4, 3, 2, 1],
-      [6, 5, 9, 8, 7, 1, 0, 4, 3, 2], [7, 6, 5, 9, 8, 2, 1, 0, 4, 3], [8, 7, 6, 5, 9, 3, 2, 1, 0, 4],
-      [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]]
-_P = [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 5, 7, 6, 2, 8, 3, 0, 9, 4], [5, 8, 0, 3, 7, 9, 6, 1, 4, 2],
-      [8, 9, 1, 6, 0, 4, 3, 5, 2, 7], [9, 4, 5, 3, 1, 2, 6, 8, 7, 0], [4, 2, 8, 6, 5, 7, 3, 9, 0, 1],
-      [2, 7, 9, 3, 8, 0, 6, 4, 1, 5], [7, 0, 4, 6, 9, 1, 3, 2, 5, 8]]
-
-
-def verhoeff_ok(code: str) -> bool:
-    """SNOMED CT identifiers end in a Verhoeff check digit."""
-    check = 0
-    for i, ch in enumerate(reversed(code)):
-        check = _D[check][_P[i % 8][int(ch)]]
-    return check == 0
-
-
 def select(vs: ValueSetFile, pull: Pull) -> dict[str, str]:
     """The codes of a list that pass the pull's display filter."""
     inc = re.compile(pull.include, re.I) if pull.include else None
@@ -422,7 +395,7 @@ def build(checkouts: Checkouts) -> list[dict]:
             raise SystemExit(f"{pull.source} {pull.path}: no SNOMED CT expansion")
         have = seen.setdefault(pull.concept, set())
         codes = {c: _display(d) for c, d in sorted(select(vs, pull).items()) if c not in have}
-        bad = [c for c in codes if not c.isdigit() or not verhoeff_ok(c)]
+        bad = [c for c in codes if not snomed_check_digit_ok(c)]
         if bad:
             raise SystemExit(f"{pull.concept}: codes failing the SNOMED CT check digit: {bad}")
         if not codes:
