@@ -31,9 +31,12 @@ import re
 from collections.abc import Iterator
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from typing import Final
+
+import orjson
 
 DEFAULT_PATH: Final[Path] = Path(__file__).with_name("valuesets.json")
 TERMINOLOGY_DIR: Final[str] = "terminology"  # beside valuesets.json
@@ -107,6 +110,7 @@ class ListSource:
     reference: str  # URL or OID of the published list; the entries' sources for the curated one
     release: str   # value set version / expansion / code-system release
     codes: int     # codes (or entries, for prefix lists) this list contributes
+    filter: str = ""  # how a published list was cut down to the fact (derived SNOMED CT lists), else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,11 +159,15 @@ class _PrefixIndex:
         # Prefix keys grouped by their first _min characters (the shortest key length): a code whose
         # head is not there matches nothing, which is the common case and costs one probe.
         self._min: int = min((len(k) for k in prefix), default=1)
+        longer_by_head: dict[str, dict[str, frozenset[str]]] = {}
+        for key, value in prefix.items():
+            if len(key) > self._min:
+                longer_by_head.setdefault(key[: self._min], {})[key] = value
         heads: dict[str, tuple[frozenset[str] | None, dict[str, frozenset[str]] | None, tuple[int, ...]]] = {}
         for head in {k[: self._min] for k in prefix}:
-            longer = {k: v for k, v in prefix.items() if len(k) > self._min and k.startswith(head)}
-            lengths = tuple(sorted({len(k) for k in longer}, reverse=True))
-            heads[head] = (prefix.get(head), longer or None, lengths)
+            longer = longer_by_head.get(head)
+            lengths = tuple(sorted({len(k) for k in longer}, reverse=True)) if longer else ()
+            heads[head] = (prefix.get(head), longer, lengths)
         self._head = heads
 
     def lookup(self, key: str) -> frozenset[str]:
@@ -510,8 +518,8 @@ def _empty_terminology() -> _Terminology:
 
 
 def _read_json(path: Path) -> Any:
-    with path.open("rb") as fh:
-        return json.load(fh, object_pairs_hook=_no_duplicate_keys)
+    """A derived list (written by a build script from Python dicts, so no duplicate keys), parsed fast."""
+    return orjson.loads(path.read_bytes())
 
 
 def _list_source(raw: Any, system: str, where: str, codes: int) -> ListSource:
@@ -556,7 +564,9 @@ def _load_terminology(folder: Path) -> _Terminology:
             bad = [c for c in codes if not snomed_check_digit_ok(c)]
             if bad:
                 raise ValueError(f"{where}: not SNOMED CT identifiers (check digit): {bad[:5]}")
-            snomed.append((str(raw.get("concept")), _list_source(raw, "http://snomed.info/sct", where, len(codes)), codes))
+            source = _list_source(raw, "http://snomed.info/sct", where, len(codes))
+            filtered = replace(source, filter=str(raw.get("filter") or ""))
+            snomed.append((str(raw.get("concept")), filtered, codes))
     rx = _load_rxnorm(folder / RXNORM_FILE)
     return _Terminology(icd10cm=icd, icd10cm_source=icd_source, snomed=tuple(snomed), **rx)
 

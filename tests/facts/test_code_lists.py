@@ -193,6 +193,7 @@ def test_describe_names_each_snomed_list(vs: ValueSets) -> None:
     summary = {s.name: s for s in vs.describe()}["malignancy"]
     lists = [s for s in summary.sources if s.system == SCT and s.title == "All Primary and Secondary Cancer"]
     assert lists and lists[0].codes > 2000 and "SNOMED CT" in lists[0].release
+    assert "skin cancer" in lists[0].filter
     assert summary.codes[SCT] > 2000
 
 
