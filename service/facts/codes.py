@@ -59,7 +59,7 @@ CONCEPT_KEYS: Final[frozenset[str]] = frozenset({"description", "rule_source", "
 REQUIRED_CONCEPTS: Final[tuple[str, ...]] = (
     "order_mri_lumbar", "order_ct_lumbar", "order_xray_lumbar", "low_back_pain", "radiculopathy_stenosis",
     "cauda_equina", "motor_deficit", "malignancy", "spinal_infection", "fever", "body_temperature",
-    "iv_drug_use", "systemic_infection", "recent_infection", "immunosuppression", "weight_loss",
+    "iv_drug_use", "recent_infection", "immunosuppression", "weight_loss",
     "ankylosing_spondylitis", "osteoporosis", "long_term_steroids", "glucocorticoid_medication",
     "vertebral_fracture", "trauma", "high_energy_mechanism", "prior_lumbar_surgery", "fusion_status",
     "lumbar_body_site", "physical_therapy", "nsaid_medication", "muscle_relaxant_medication",

@@ -108,11 +108,11 @@ MEMBERSHIP = [
     (ICD10CM, "F14.10", "iv_drug_use", True),
     (ICD10CM, "F12.20", "iv_drug_use", False),             # cannabis
     (ICD10CM, "F10.20", "iv_drug_use", False),             # alcohol
-    (ICD10CM, "A41.9", "systemic_infection", True),
-    (ICD10CM, "A40.0", "systemic_infection", True),
-    (ICD10CM, "R78.81", "systemic_infection", True),
-    (ICD10CM, "I33.0", "systemic_infection", True),
-    (ICD10CM, "A42.7", "systemic_infection", False),       # just past the A40-A41 range
+    (ICD10CM, "A41.9", "recent_infection", True),
+    (ICD10CM, "A40.0", "recent_infection", True),
+    (ICD10CM, "R78.81", "recent_infection", True),
+    (ICD10CM, "I33.0", "recent_infection", True),
+    (ICD10CM, "A42.7", "recent_infection", False),         # just past the A40-A41 range
     # immunosuppression
     (ICD10CM, "B20", "immunosuppression", True),
     (ICD10CM, "D84.821", "immunosuppression", True),
@@ -175,7 +175,6 @@ MEMBERSHIP = [
     (ICD10CM, "L03.311", "recent_infection", True),        # cellulitis of abdominal wall
     (ICD10CM, "L02.212", "recent_infection", True),
     (ICD10CM, "L04.0", "recent_infection", False),         # lymphadenitis
-    (ICD10CM, "A41.9", "recent_infection", True),
     (ICD10CM, "R63.4", "weight_loss", True),
     (ICD10CM, "R63.5", "weight_loss", False),              # abnormal weight gain
     (ICD10CM, "M45.6", "ankylosing_spondylitis", True),
