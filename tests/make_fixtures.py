@@ -110,6 +110,19 @@ def v2_stories() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     contusion = "Contusion of lower back and pelvis, initial encounter"
     on_visit = {"reference": "Encounter/enc-crash"}
     return [
+        story("snomed-cancer-history", "pat-snomed-cancer", birth="1961-04-09", gender="female", resources=[
+            c("415076002", onset="2018-03-01", clinical="inactive", display="Personal history of primary malignant neoplasm of breast", cid="cond-snomed-breast-cancer"),
+            c("279039007", onset="2026-11-16", display="Low back pain (finding)", cid="cond-snomed-lbp"),
+        ], orders=[o("72148", reasons=[LBP])]),
+        story("snomed-motor-deficit", "pat-paraplegia", birth="1970-08-21", gender="male", resources=[
+            c("60389000", onset="2026-11-24", display="Paraplegia (disorder)", cid="cond-paraplegia"),
+            c("M54.16", onset="2026-11-19", display="Radiculopathy, lumbar region", cid="cond-paraplegia-radic"),
+        ], orders=[o("72148", reasons=[LBP])]),
+        story("steroid-statement", "pat-steroids", birth="1964-02-02", gender="female", resources=[
+            c("M54.50", onset="2026-11-14", cid="cond-steroids-lbp"),
+            c("M06.9", onset="2019-01-01", display="Rheumatoid arthritis, unspecified", cid="cond-steroids-ra"),
+            f.medication_statement("312617", "predniSONE 5 MG Oral Tablet", start="2026-05-01"),
+        ], orders=[o("72148", reasons=[LBP])]),
         story("fever-recent-infection", "pat-uti", birth="1983-06-15", gender="female", resources=[
             c("N39.0", onset="2026-10-20", clinical="resolved", abatement="2026-11-02", display="Urinary tract infection, site not specified", cid="cond-uti"),
             c("M54.50", onset="2026-11-20", cid="cond-uti-lbp"),

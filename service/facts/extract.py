@@ -109,6 +109,7 @@ LUMBAR_BODY_SITE = "lumbar_body_site"
 # Conservative management by medication: the v2 lists, and the v1 union kept for older files.
 CONSERVATIVE_MEDICATIONS = frozenset({"nsaid_medication", "muscle_relaxant_medication", "conservative_medication"})
 GLUCOCORTICOIDS = "glucocorticoid_medication"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 # Which concept makes a prior study of which modality (decision-rules.md "prior lumbar imaging").
 STUDY_CONCEPTS: dict[str, model.Modality] = {"order_mri_lumbar": M.MRI, "order_ct_lumbar": M.CT, "order_xray_lumbar": M.XR}
 REVIEWED: dict[str, model.Modality] = {"order_mri_lumbar": M.MRI}  # orders reviewed now; CT and XR: issue 13
@@ -142,6 +143,7 @@ def fact_reads() -> tuple[FactReads, ...]:
     reads += [
         FactReads(F.PRIOR_LUMBAR_SURGERY, "Condition with a lumbar bodySite, or beside a lumbar surgery", (FUSION, LUMBAR_BODY_SITE), "at any time"),
         FactReads(F.PRIOR_LUMBAR_SURGERY, "Procedure", ("prior_lumbar_surgery",), "at any time"),
+        FactReads(F.FUSION_NOT_LOCATED, "Condition (fusion status the record does not place in the lumbar spine)", (FUSION,), "at any time"),
         FactReads(F.FEVER, "Observation (>= 38.0 °C; °F converted)", ("body_temperature",), f"within {Days.FEVER} days"),
         FactReads(F.LONG_TERM_STEROIDS, "MedicationRequest, MedicationStatement, MedicationDispense", (GLUCOCORTICOIDS,),
                   f">= {Days.STEROID_EXPOSURE} days of use within the last {Days.STEROID_LOOKBACK} days"),
@@ -267,15 +269,9 @@ def concepts_of(codeable: Any, vs: ValueSets) -> tuple[frozenset[str], str]:
             concepts |= got
             continue
         concepts = got  # the first matching coding names the match
-        display = _display(vs, coding.get("system"), code) or coding.get("display")
+        display = vs.display(coding.get("system"), code) or coding.get("display")  # official display first
         text = f"{code} {display}" if isinstance(display, str) else code
     return concepts, text
-
-
-def _display(vs: ValueSets, system: str, code: str) -> str | None:
-    """The official display of a code (ICD-10-CM from the full code tree), when the value sets know it."""
-    lookup = getattr(vs, "display", None)
-    return lookup(system, code) if lookup is not None else None
 
 
 def _reference(resource: Mapping[str, Any]) -> str:
@@ -298,9 +294,9 @@ class _ConditionContext:
 
     def settle(self, found: dict[model.Finding, list[model.Evidence]]) -> None:
         """Fusion status beside another lumbar surgery finding; a cause on an injury's encounter."""
-        if F.PRIOR_LUMBAR_SURGERY in found:
-            for evidence in self.fusion:
-                _add(found, F.PRIOR_LUMBAR_SURGERY, evidence)
+        for evidence in self.fusion:
+            # Beside another lumbar surgery finding it is lumbar; otherwise it is shown, not counted.
+            _add(found, F.PRIOR_LUMBAR_SURGERY if F.PRIOR_LUMBAR_SURGERY in found else F.FUSION_NOT_LOCATED, evidence)
         for encounter, evidence in self.mechanisms:
             if encounter in self.injury_encounters:
                 _add(found, F.HIGH_ENERGY_TRAUMA, evidence)
@@ -507,16 +503,14 @@ def _medication_code(med: Mapping[str, Any]) -> Any:
 
 
 def _medication_text(med: Mapping[str, Any], text: str, vs: ValueSets) -> str:
-    """The matching coding, with its ingredient when the code is a product (A's ``ingredient``)."""
-    lookup = getattr(vs, "ingredient", None)
-    if lookup is None:
-        return text
+    """The matching coding, with its ingredient when it is a product-level RxNorm code the record
+    does not already name by ingredient ("312617 predniSONE 20 MG Oral Tablet" stays as it is)."""
     for coding in _codings(_medication_code(med)):
-        got = lookup(coding.get("system"), coding.get("code"))
-        if got and got[1].lower() not in text.lower():
-            return f"{text} ({got[1]})"
-        if got:
-            return text
+        if coding.get("system") != RXNORM:
+            continue
+        got = vs.ingredient(RXNORM, coding.get("code"))
+        if got and got[0] != coding.get("code") and got[1].lower() not in text.lower():
+            return f"{text} (ingredient: {got[1]})"
     return text
 
 

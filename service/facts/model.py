@@ -38,6 +38,7 @@ class Finding(StrEnum):
     AGE_OVER_50 = "age_over_50"                    # v2: a weaker risk factor for cancer (ACP-2011)
     PAIN_OVER_ONE_MONTH = "pain_over_one_month"    # v2: episode of 28 days or more (ACP-2011 "failure to improve")
     PRIOR_LUMBAR_SURGERY = "prior_lumbar_surgery"
+    FUSION_NOT_LOCATED = "fusion_not_located"      # v2: Z98.1 / M96.0 the record does not place in the lumbar spine
     CONSERVATIVE_CARE = "conservative_care"
     PREGNANCY = "pregnancy"
     PRIOR_LUMBAR_IMAGING = "prior_lumbar_imaging"  # v2: a lumbar study of the ordered modality, 365 days

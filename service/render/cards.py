@@ -175,9 +175,15 @@ def _merge(parts: list[tuple[CardContent, Modifier | None, list[_Offer]]], decis
         s.action == "set-priority-stat" for s in parts[0][0].suggestions
     )
     offered = {(o.spec.action, o.code) for o in first}
+    # When the rating card recommends cancelling the order, a modifier's change to it is still
+    # offered but not recommended: the two are not to be accepted together.
+    cancel = any(o.spec.action == "delete-order" and o.json["isRecommended"] for o in first)
     for _content, modifier, offers in parts:
         if modifier is None:
             continue
+        for offer in offers:
+            if cancel:
+                offer.json["isRecommended"] = False
         for offer in list(offers):
             if (offer.spec.action, offer.code) in offered:
                 offers.remove(offer)
@@ -365,9 +371,9 @@ def _deciding(decision: Decision, prepared: Prepared) -> set[Finding]:
 def _why_lines(facts: Facts, prepared: Prepared, deciding: set[Finding], rating_card: bool) -> list[str]:
     """The facts that decided the verdict (a modifier card: its own facts), each with its source."""
     lines = []
-    if facts.age is not None:
+    if facts.age is not None and rating_card:
         lines.append(f"- Age {facts.age}" + (f", {facts.sex}" if facts.sex else ""))
-    episode = facts.findings.get(Finding.BACK_PAIN)
+    episode = facts.findings.get(Finding.BACK_PAIN) if rating_card else None
     if episode:
         if facts.episode_start is not None:
             lines.append(f"- Back pain episode since {facts.episode_start.isoformat()} ({facts.episode_days} days): {_evidence_text(episode)}")

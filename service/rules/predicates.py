@@ -27,15 +27,20 @@ SIX_WEEKS_DAYS = Days.SIX_WEEKS
 WEAKER_RISK_FACTORS: tuple[F, ...] = (
     F.FEVER, F.RECENT_INFECTION, F.IMMUNOSUPPRESSION, F.WEIGHT_LOSS, F.AGE_OVER_50, F.ANKYLOSING_SPONDYLITIS,
     F.PAIN_OVER_ONE_MONTH, F.RECENT_TRAUMA,
+    # Not an ACP-2011 factor: a fusion status (Z98.1) the record does not place in the lumbar spine. If
+    # it is lumbar, MRI is usually appropriate (ACR V5), so it is shown and the cancel not pre-selected.
+    F.FUSION_NOT_LOCATED,
 )
 
 
-def _has(finding: F) -> Predicate:
-    return lambda facts: finding in facts.findings
+def _has(finding: F) -> tuple[Predicate, tuple[F, ...]]:
+    """The predicate "this finding is present", and what it reads."""
+    return (lambda facts: finding in facts.findings), (finding,)
 
 
-def _both(a: F, b: F) -> Predicate:
-    return lambda facts: a in facts.findings and b in facts.findings
+def _both(a: F, b: F) -> tuple[Predicate, tuple[F, ...]]:
+    """The predicate "both findings are present", and what it reads."""
+    return (lambda facts: a in facts.findings and b in facts.findings), (a, b)
 
 
 def _episode_6_weeks_or_more(facts: Facts) -> bool:
@@ -47,6 +52,7 @@ def _episode_under_6_weeks_or_unknown(facts: Facts) -> bool:
 
 
 def _persistent_after_care(facts: Facts) -> bool:
+    """Rule 6's condition, for rule 5's exception (README "Choices made")."""
     return _episode_6_weeks_or_more(facts) and F.CONSERVATIVE_CARE in facts.findings and F.BACK_PAIN in facts.findings
 
 
@@ -64,14 +70,16 @@ def _weaker_risk_factor(facts: Facts) -> bool:
     return any(f in found for f in WEAKER_RISK_FACTORS)
 
 
-PREDICATES: dict[str, Predicate] = {
+# name -> (the predicate, the facts it reads: the card leads with them, `rules` prints them, the
+# property test adds them). The episode predicates read the back pain episode.
+_TABLE: dict[str, tuple[Predicate, tuple[F, ...]]] = {
     # the episode
     "back_pain_episode": _has(F.BACK_PAIN),
-    "episode_6_weeks_or_more": _episode_6_weeks_or_more,
-    "episode_under_6_weeks_or_unknown": _episode_under_6_weeks_or_unknown,
+    "episode_6_weeks_or_more": (_episode_6_weeks_or_more, (F.BACK_PAIN,)),
+    "episode_under_6_weeks_or_unknown": (_episode_under_6_weeks_or_unknown, (F.BACK_PAIN,)),
     "conservative_care": _has(F.CONSERVATIVE_CARE),
-    "persistent_after_conservative_care": _persistent_after_care,
-    "order_has_reason": lambda facts: facts.order.has_reason,
+    "persistent_after_conservative_care": (_persistent_after_care, (F.BACK_PAIN, F.CONSERVATIVE_CARE)),
+    "order_has_reason": (lambda facts: facts.order.has_reason, ()),
     # rule 1
     "cauda_equina_signs": _has(F.CAUDA_EQUINA),
     "severe_motor_deficit": _has(F.MOTOR_DEFICIT),
@@ -82,7 +90,7 @@ PREDICATES: dict[str, Predicate] = {
     "fever_with_recent_infection": _both(F.FEVER, F.RECENT_INFECTION),
     "fever_with_immunosuppression": _both(F.FEVER, F.IMMUNOSUPPRESSION),
     "immunosuppressed_with_back_pain": _both(F.IMMUNOSUPPRESSION, F.BACK_PAIN),
-    "weight_loss_at_50_or_older": _weight_loss_at_50_or_older,
+    "weight_loss_at_50_or_older": (_weight_loss_at_50_or_older, (F.WEIGHT_LOSS, F.AGE_OVER_50)),
     # rule 3
     "prior_lumbar_surgery": _has(F.PRIOR_LUMBAR_SURGERY),
     # rule 4
@@ -90,54 +98,22 @@ PREDICATES: dict[str, Predicate] = {
     "long_term_steroids": _has(F.LONG_TERM_STEROIDS),
     "vertebral_fracture": _has(F.VERTEBRAL_FRACTURE),
     "age_over_70": _has(F.AGE_OVER_70),
-    "trauma_in_older_patient": _low_energy_trauma_in_older_patient,
+    "trauma_in_older_patient": (_low_energy_trauma_in_older_patient, (F.RECENT_TRAUMA, F.OLDER_AGE)),
     "trauma_with_ankylosing_spondylitis": _both(F.RECENT_TRAUMA, F.ANKYLOSING_SPONDYLITIS),
     # rule 5
     "recent_trauma": _has(F.RECENT_TRAUMA),
     "high_energy_trauma": _both(F.RECENT_TRAUMA, F.HIGH_ENERGY_TRAUMA),
-    "low_energy_trauma": lambda facts: F.RECENT_TRAUMA in facts.findings and F.HIGH_ENERGY_TRAUMA not in facts.findings,
+    "low_energy_trauma": (lambda facts: F.RECENT_TRAUMA in facts.findings and F.HIGH_ENERGY_TRAUMA not in facts.findings, (F.RECENT_TRAUMA,)),
     # rule 5b
     "prior_imaging_same_modality": _has(F.PRIOR_LUMBAR_IMAGING),
     # rule 7: shown, not deciding
-    "weaker_risk_factor": _weaker_risk_factor,
+    "weaker_risk_factor": (_weaker_risk_factor, WEAKER_RISK_FACTORS),
     # modifiers
     "pregnant": _has(F.PREGNANCY),
-    "contrast_study": lambda facts: facts.order.contrast in (Contrast.WITH, Contrast.WITHOUT_WITH),
-    "contrast_only_study": lambda facts: facts.order.contrast is Contrast.WITH,
-    "without_then_with_study": lambda facts: facts.order.contrast is Contrast.WITHOUT_WITH,
+    "contrast_study": (lambda facts: facts.order.contrast in (Contrast.WITH, Contrast.WITHOUT_WITH), ()),
+    "contrast_only_study": (lambda facts: facts.order.contrast is Contrast.WITH, ()),
+    "without_then_with_study": (lambda facts: facts.order.contrast is Contrast.WITHOUT_WITH, ()),
 }
 
-# The facts each predicate reads (the episode predicates read the back pain episode).
-READS: dict[str, tuple[F, ...]] = {
-    "back_pain_episode": (F.BACK_PAIN,),
-    "episode_6_weeks_or_more": (F.BACK_PAIN,),
-    "episode_under_6_weeks_or_unknown": (F.BACK_PAIN,),
-    "conservative_care": (F.CONSERVATIVE_CARE,),
-    "persistent_after_conservative_care": (F.BACK_PAIN, F.CONSERVATIVE_CARE),
-    "order_has_reason": (),
-    "cauda_equina_signs": (F.CAUDA_EQUINA,),
-    "severe_motor_deficit": (F.MOTOR_DEFICIT,),
-    "malignancy": (F.MALIGNANCY,),
-    "spinal_infection": (F.SPINAL_INFECTION,),
-    "iv_drug_use": (F.IV_DRUG_USE,),
-    "fever_with_recent_infection": (F.FEVER, F.RECENT_INFECTION),
-    "fever_with_immunosuppression": (F.FEVER, F.IMMUNOSUPPRESSION),
-    "immunosuppressed_with_back_pain": (F.IMMUNOSUPPRESSION, F.BACK_PAIN),
-    "weight_loss_at_50_or_older": (F.WEIGHT_LOSS, F.AGE_OVER_50),
-    "prior_lumbar_surgery": (F.PRIOR_LUMBAR_SURGERY,),
-    "osteoporosis": (F.OSTEOPOROSIS,),
-    "long_term_steroids": (F.LONG_TERM_STEROIDS,),
-    "vertebral_fracture": (F.VERTEBRAL_FRACTURE,),
-    "age_over_70": (F.AGE_OVER_70,),
-    "trauma_in_older_patient": (F.RECENT_TRAUMA, F.OLDER_AGE),
-    "trauma_with_ankylosing_spondylitis": (F.RECENT_TRAUMA, F.ANKYLOSING_SPONDYLITIS),
-    "recent_trauma": (F.RECENT_TRAUMA,),
-    "high_energy_trauma": (F.RECENT_TRAUMA, F.HIGH_ENERGY_TRAUMA),
-    "low_energy_trauma": (F.RECENT_TRAUMA,),
-    "prior_imaging_same_modality": (F.PRIOR_LUMBAR_IMAGING,),
-    "weaker_risk_factor": WEAKER_RISK_FACTORS,
-    "pregnant": (F.PREGNANCY,),
-    "contrast_study": (),
-    "contrast_only_study": (),
-    "without_then_with_study": (),
-}
+PREDICATES: dict[str, Predicate] = {name: entry[0] for name, entry in _TABLE.items()}
+READS: dict[str, tuple[F, ...]] = {name: entry[1] for name, entry in _TABLE.items()}

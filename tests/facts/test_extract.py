@@ -184,6 +184,8 @@ FINDINGS = [
     pytest.param([fhir.procedure("63030", performed="2023-04-12", status="not-done")], F.PRIOR_LUMBAR_SURGERY, False, id="laminotomy-not-done"),
     # v2: Z98.1 / M96.0 only when the record places them in the lumbar spine
     pytest.param([fhir.condition("Z98.1", onset="2020-01-01", clinical="inactive")], F.PRIOR_LUMBAR_SURGERY, False, id="arthrodesis-status-not-located"),
+    pytest.param([fhir.condition("Z98.1", onset="2020-01-01", clinical="inactive")], F.FUSION_NOT_LOCATED, True, id="arthrodesis-status-not-located-is-shown"),
+    pytest.param([lumbar_site(fhir.condition("Z98.1", onset="2020-01-01"))], F.FUSION_NOT_LOCATED, False, id="arthrodesis-status-lumbar-is-not-unlocated"),
     pytest.param([lumbar_site(fhir.condition("Z98.1", onset="2020-01-01"))], F.PRIOR_LUMBAR_SURGERY, True, id="arthrodesis-status-lumbar-body-site"),
     pytest.param([fhir.condition("Z98.1", onset="2020-01-01"), fhir.condition("M96.1", onset="2021-01-01")], F.PRIOR_LUMBAR_SURGERY, True, id="arthrodesis-status-with-postlaminectomy"),
     pytest.param([fhir.condition("M96.0", onset="2020-01-01")], F.PRIOR_LUMBAR_SURGERY, False, id="pseudarthrosis-not-located"),

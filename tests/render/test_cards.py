@@ -71,6 +71,9 @@ EXPECTED: dict[str, tuple[list[str], str | None, str | None]] = {
     "suspected-cancer-infection": (["suspected-cancer-infection"], "appropriate", "suspected-cancer-infection"),
     "trauma-ct-first": (["trauma-ct-first"], "not-appropriate", "trauma-ct-first"),
     # decision-rules.md v2: one story per new behaviour
+    "snomed-cancer-history": (["suspected-cancer-infection"], "appropriate", "suspected-cancer-infection"),
+    "snomed-motor-deficit": (["cauda-equina"], "appropriate", "cauda-equina"),
+    "steroid-statement": (["fracture-risk"], "appropriate", "fracture-risk"),
     "atc-glucocorticoid-dispense": (["fracture-risk"], "appropriate", "fracture-risk"),
     "fever-recent-infection": (["suspected-cancer-infection"], "appropriate", "suspected-cancer-infection"),
     "weight-loss-over-50": (["suspected-cancer-infection"], "appropriate", "suspected-cancer-infection"),

@@ -111,9 +111,20 @@ def test_the_deciding_facts_lead_the_card(name: str, says: list[str]) -> None:
         assert text in why, why
 
 
-def test_cervical_fusion_is_not_lumbar_surgery() -> None:
+def test_cervical_fusion_is_not_lumbar_surgery_but_is_shown() -> None:
     card = card_of("cervical-fusion")
     assert card["source"]["topic"]["code"] == "acute-uncomplicated"
+    found = card["detail"].split("**Found, does not by itself support immediate imaging**", 1)[1].split("\n\n**", 1)[0]
+    assert "Spinal fusion status not placed in the lumbar spine" in found and "Z98.1 Arthrodesis status (Condition/cond-cervical-fusion" in found
+    assert ("Cancel the lumbar MRI order", False) in offered(card)
+
+
+def test_a_change_to_an_order_the_rating_card_recommends_cancelling_is_not_recommended() -> None:
+    cards = response(load_request("pregnancy-contrast"))["cards"]
+    assert [offered(c) for c in cards] == [
+        [("Cancel the lumbar MRI order", True), ("Refer to physical therapy and re-evaluate at 6 weeks", False)],
+        [("Change to MRI lumbar spine without contrast", False)],
+    ]
 
 
 def test_physical_therapy_from_an_earlier_year_is_not_a_trial_for_this_flare() -> None:

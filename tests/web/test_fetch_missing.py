@@ -73,6 +73,7 @@ def test_partial_prefetch_is_completed_from_the_server(fetching_client, signer, 
 
 
 @pytest.mark.parametrize(("name", "key"), [
+    pytest.param("steroid-statement", "medicationStatements", id="MedicationStatement"),
     pytest.param("atc-glucocorticoid-dispense", "medicationDispenses", id="MedicationDispense"),
 ])
 def test_medication_use_is_fetched_from_the_server(fetching_client, signer, fhir_base, name, key):
