@@ -18,7 +18,7 @@ UNAVAILABLE = "unavailable"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CardIssued:
+class CallCard:
     """One card of the answer, as the store keeps it and the log counts it."""
 
     card_uuid: str                      # the card's `uuid` as sent to the EHR
@@ -48,7 +48,7 @@ class CallRecord:
     patient_id: str | None = None       # hashed before it is stored or logged; never kept as is
     orders_reviewed: int | None = None  # None: the call was not evaluated
     ratings: dict[str, str] = field(default_factory=dict)      # rule id -> rating
-    cards: list[CardIssued] = field(default_factory=list)
+    cards: list[CallCard] = field(default_factory=list)
     prefetch: dict[str, str] | None = None                     # prefetch key -> FROM_PREFETCH | FROM_FHIR | UNAVAILABLE
     fhir_fetches: list[FhirFetchNote] = field(default_factory=list)
     feedback_outcomes: list[str] = field(default_factory=list)  # outcome of each stored feedback item

@@ -22,7 +22,7 @@ from service.call_record import FROM_FHIR
 from service.call_record import FROM_PREFETCH
 from service.call_record import UNAVAILABLE
 from service.call_record import CallRecord
-from service.call_record import CardIssued
+from service.call_record import CallCard
 from service.call_record import FhirFetchNote
 from service.errors import UnknownService
 from service.intake import envelope
@@ -118,7 +118,7 @@ def _note_evaluation(call: CallRecord, evaluation: Evaluation, templates: dict[s
     call.orders_reviewed = evaluation.orders_reviewed
     call.ratings = dict(evaluation.ratings)
     call.cards = [
-        CardIssued(
+        CallCard(
             card_uuid=c.card["uuid"],
             suggestion_uuids=c.suggestion_uuids,
             rule_id=c.rule_id,

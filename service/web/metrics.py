@@ -1,4 +1,4 @@
-"""``GET /metrics``: Prometheus text for operators, from a registry that belongs to one app.
+"""The Prometheus metrics of one app (served at ``GET /metrics`` by web/operations.py).
 
 Every label value comes from a closed set (our service ids, rule ids, indicators, ratings, prefetch
 keys, HTTP statuses), never from the request, so a caller cannot grow the number of series.

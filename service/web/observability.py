@@ -7,8 +7,9 @@ and which had to be fetched or stayed unavailable, and FHIR request counts. It n
 names, codes, request or response bodies; the patient id appears only as a salted hash
 (``patient_hash_salt``), the same one the store keeps.
 
-A view tells this module what its call was about by handing it the request's ``CallRecord``
-(``attach``), which it fills as it goes; this module knows nothing of the pipeline or the store.
+What a call was about comes in its ``CallRecord``: the hooks and feedback blueprints attach one to
+each of their requests (``attach``) and their views fill it as they go (``current_call``). This
+module knows nothing of the pipeline or the store.
 ``JsonFormatter`` renders every log record of the process as one JSON object per line; ``serve``
 installs it through ``logging_config`` so gunicorn workers write these lines to stderr.
 """
