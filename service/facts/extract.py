@@ -14,6 +14,7 @@ from datetime import date
 from datetime import timedelta
 from typing import Any
 
+from service.facts import medication_use
 from service.facts import model
 from service.facts.codes import ValueSets
 from service.facts.dates import age_on
@@ -39,9 +40,6 @@ HISTORY = frozenset({"inactive", "resolved", "remission"})
 OBSERVATION_NOT_TRUE = ("entered-in-error", "cancelled")
 PROCEDURE_NOT_DONE = ("entered-in-error", "not-done", "preparation")
 ORDER_NOT_TRUE = ("entered-in-error", "revoked", "draft")
-# MedicationRequest, MedicationStatement and MedicationDispense statuses that mean "not taken".
-MEDICATION_NOT_TRUE = ("entered-in-error", "cancelled", "draft", "not-taken", "intended", "declined", "preparation")
-MEDICATION_OPEN = ("active", "on-hold")   # an open-ended use with one of these statuses runs to today
 REPORT_NOT_TRUE = ("entered-in-error", "cancelled")
 
 
@@ -60,7 +58,7 @@ class Days:
     STEROID_LOOKBACK = 365     # "fracture risk": >= 90 days of glucocorticoid exposure in the last 365
     STEROID_EXPOSURE = 90
     CONSERVATIVE = 182         # "conservative management": within the 182 days before the order
-    MEDICATION_DEFAULT = 30    # "Glucocorticoid days": an order with no supply or validity: 30 days
+    MEDICATION_DEFAULT = medication_use.DEFAULT_DAYS  # "Glucocorticoid days": no supply or validity: 30 days
     ONE_MONTH = 28             # ACP-2011 "failure to improve after 1 month" (README "Choices made")
     SIX_WEEKS = 42             # rules 6-8: six weeks separates acute from persistent pain
 
@@ -119,7 +117,7 @@ IMMUNOSUPPRESSION_HISTORY_PREFIXES = ("B20", "Z21", "Z94")
 
 FEVER_CELSIUS = 38.0              # decision-rules.md "fever": >= 38.0 °C within 14 days
 AGE_FRACTURE_RISK = 70            # v2 rule 4: age over 70 (ACR V6 "elderly individual")
-ONE_DAY = timedelta(days=1)
+ONE_DAY = medication_use.ONE_DAY
 AGE_CANCER_RISK = 50              # ACP-2011: age > 50 a weaker risk factor; weight loss counts at >= 50
 
 
@@ -456,7 +454,7 @@ def _read_medications(
     """NSAIDs and muscle relaxants (conservative care) and glucocorticoid days (fracture risk).
 
     MedicationRequest, MedicationStatement and MedicationDispense alike (decision-rules.md v2): each
-    gives a period of use (``_use``); days of glucocorticoid use are counted inside the 365-day window,
+    gives a period of use (``medication_use.use_period``); days of glucocorticoid use are counted inside the 365-day window,
     so use that began before it counts for its days inside it.
     """
     conservative: list[Use] = []
@@ -464,12 +462,12 @@ def _read_medications(
     steroid_evidence: list[model.Evidence] = []
     window_start = today - timedelta(days=Days.STEROID_LOOKBACK)
     for med in medications:
-        if med.get("status") in MEDICATION_NOT_TRUE:
+        if med.get("status") in medication_use.NOT_TAKEN:
             continue
-        concepts, text = concepts_of(_medication_code(med), vs)
+        concepts, text = concepts_of(medication_use.medication_code(med), vs)
         if not concepts:
             continue
-        use = _use(med, today)
+        use = medication_use.use_period(med, today)
         if use is None:
             continue
         start, end = use
@@ -487,91 +485,16 @@ def _read_medications(
     return conservative
 
 
-def _medication_code(med: Mapping[str, Any]) -> Any:
-    """medicationCodeableConcept, else the code of a contained Medication named by medicationReference."""
-    codeable = med.get("medicationCodeableConcept")
-    if codeable is not None:
-        return codeable
-    reference = med.get("medicationReference")
-    target = reference.get("reference") if isinstance(reference, OBJECT) else None
-    contained = med.get("contained")
-    if isinstance(target, str) and target.startswith("#") and isinstance(contained, list):
-        for resource in contained:
-            if isinstance(resource, OBJECT) and resource.get("id") == target[1:]:
-                return resource.get("code")
-    return None
-
-
 def _medication_text(med: Mapping[str, Any], text: str, vs: ValueSets) -> str:
     """The matching coding, with its ingredient when it is a product-level RxNorm code the record
     does not already name by ingredient ("312617 predniSONE 20 MG Oral Tablet" stays as it is)."""
-    for coding in _codings(_medication_code(med)):
+    for coding in _codings(medication_use.medication_code(med)):
         if coding.get("system") != RXNORM:
             continue
         got = vs.ingredient(RXNORM, coding.get("code"))
         if got and got[0] != coding.get("code") and got[1].lower() not in text.lower():
             return f"{text} (ingredient: {got[1]})"
     return text
-
-
-_DAYS_PER_UNIT = {"d": 1, "day": 1, "days": 1, "wk": 7, "week": 7, "weeks": 7, "mo": 30, "month": 30, "months": 30}
-
-
-def _use(med: Mapping[str, Any], today: date) -> tuple[date, date] | None:
-    """The first day of use a medication resource records and the day after its last (README "Choices made").
-
-    - MedicationRequest: from authoredOn (else the validity start), ``expectedSupplyDuration`` ×
-      (1 + ``numberOfRepeatsAllowed``), else its ``validityPeriod`` (an open one, still active, runs to
-      today), else 30 days.
-    - MedicationStatement: its ``effective[x]``; an open end (or a single date) runs to today while the
-      status is active, else the use lasted that one day.
-    - MedicationDispense: ``whenHandedOver`` (else ``whenPrepared``) for ``daysSupply`` days, else 30.
-    """
-    kind = med.get("resourceType")
-    open_ended = med.get("status") in MEDICATION_OPEN
-    if kind == "MedicationStatement":
-        start = first_date(med, "effectivePeriod", "effectiveDateTime", "dateAsserted")
-        period = med.get("effectivePeriod")
-        end = parse_date(period.get("end")) if isinstance(period, OBJECT) else None
-        if start is None:
-            return None
-        return start, (end + ONE_DAY) if end is not None and end >= start else (today if open_ended else start + ONE_DAY)
-    if kind == "MedicationDispense":
-        start = first_date(med, "whenHandedOver", "whenPrepared")
-        if start is None:
-            return None
-        days = _quantity_days(med.get("daysSupply")) or Days.MEDICATION_DEFAULT
-        return start, start + timedelta(days=days)
-    dispense = med.get("dispenseRequest")
-    dispense = dispense if isinstance(dispense, OBJECT) else {}
-    validity = dispense.get("validityPeriod")
-    validity = validity if isinstance(validity, OBJECT) else {}
-    start = first_date(med, "authoredOn") or parse_date(validity.get("start"))
-    if start is None:
-        return None
-    supply = _quantity_days(dispense.get("expectedSupplyDuration"))
-    if supply:
-        repeats = dispense.get("numberOfRepeatsAllowed")
-        fills = 1 + (repeats if isinstance(repeats, int) and not isinstance(repeats, bool) and repeats > 0 else 0)
-        return start, start + timedelta(days=supply * fills)
-    if validity:
-        end = parse_date(validity.get("end"))
-        if end is not None and end >= start:
-            return start, end + ONE_DAY
-        if end is None and open_ended:
-            return start, today
-    return start, start + timedelta(days=Days.MEDICATION_DEFAULT)
-
-
-def _quantity_days(quantity: Any) -> int:
-    """Days in a Duration / Quantity (d, wk, mo; a bare number is days); 0 when unreadable."""
-    if not isinstance(quantity, OBJECT):
-        return 0
-    value = quantity.get("value")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        return 0
-    per = _DAYS_PER_UNIT.get(str(quantity.get("code") or quantity.get("unit") or "d"), 0)
-    return min(int(value * per), 36_500)
 
 
 def _read_imaging(record: PatientRecord, vs: ValueSets, today: date) -> list[tuple[model.Modality, model.Evidence]]:
