@@ -27,6 +27,8 @@ SIX_WEEKS_DAYS = Days.SIX_WEEKS
 WEAKER_RISK_FACTORS: tuple[F, ...] = (
     F.FEVER, F.RECENT_INFECTION, F.IMMUNOSUPPRESSION, F.WEIGHT_LOSS, F.AGE_OVER_50, F.ANKYLOSING_SPONDYLITIS,
     F.PAIN_OVER_ONE_MONTH, F.RECENT_TRAUMA,
+    # A high-energy mechanism coded without an injury code: ACR-TRAUMA's question, shown, not deciding.
+    F.HIGH_ENERGY_TRAUMA,
     # Not an ACP-2011 factor: a fusion status (Z98.1) the record does not place in the lumbar spine. If
     # it is lumbar, MRI is usually appropriate (ACR V5), so it is shown and the cancel not pre-selected.
     F.FUSION_NOT_LOCATED,
@@ -58,11 +60,6 @@ def _persistent_after_care(facts: Facts) -> bool:
 
 def _weight_loss_at_50_or_older(facts: Facts) -> bool:
     return F.WEIGHT_LOSS in facts.findings and facts.age is not None and facts.age >= AGE_CANCER_RISK
-
-
-def _low_energy_trauma_in_older_patient(facts: Facts) -> bool:
-    found = facts.findings
-    return F.RECENT_TRAUMA in found and F.OLDER_AGE in found and F.HIGH_ENERGY_TRAUMA not in found
 
 
 def _weaker_risk_factor(facts: Facts) -> bool:
@@ -98,12 +95,13 @@ _TABLE: dict[str, tuple[Predicate, tuple[F, ...]]] = {
     "long_term_steroids": _has(F.LONG_TERM_STEROIDS),
     "vertebral_fracture": _has(F.VERTEBRAL_FRACTURE),
     "age_over_70": _has(F.AGE_OVER_70),
-    "trauma_in_older_patient": (_low_energy_trauma_in_older_patient, (F.RECENT_TRAUMA, F.OLDER_AGE)),
+    "trauma_in_older_patient": _both(F.RECENT_TRAUMA, F.OLDER_AGE),
     "trauma_with_ankylosing_spondylitis": _both(F.RECENT_TRAUMA, F.ANKYLOSING_SPONDYLITIS),
     # rule 5
     "recent_trauma": _has(F.RECENT_TRAUMA),
     "high_energy_trauma": _both(F.RECENT_TRAUMA, F.HIGH_ENERGY_TRAUMA),
     "low_energy_trauma": (lambda facts: F.RECENT_TRAUMA in facts.findings and F.HIGH_ENERGY_TRAUMA not in facts.findings, (F.RECENT_TRAUMA,)),
+    "no_high_energy_trauma": (lambda facts: not (F.RECENT_TRAUMA in facts.findings and F.HIGH_ENERGY_TRAUMA in facts.findings), ()),
     # rule 5b
     "prior_imaging_same_modality": _has(F.PRIOR_LUMBAR_IMAGING),
     # rule 7: shown, not deciding

@@ -87,6 +87,16 @@ def test_trauma_energy_orders_the_alternatives(name: str, first: str, second: st
     assert "if imaging is needed" in card["summary"] and "if imaging is needed" in card["detail"]
 
 
+def test_high_energy_injury_at_an_older_age_offers_ct_beside_radiographs() -> None:
+    data = load_request("trauma-high-energy")
+    data["prefetch"]["patient"]["birthDate"] = "1950-03-03"  # 76: older age with trauma, and over 70
+    card = response(data)["cards"][0]
+    assert card["source"]["topic"]["code"] == "fracture-risk"
+    assert offered(card) == [("Order lumbar spine radiographs instead", False),
+                             ("Order CT lumbar spine without contrast instead (high-energy injury)", False)]
+    assert "CT lumbar spine without contrast" not in str(offered(card_of("age-over-70")))
+
+
 def test_known_fracture_gets_no_radiography_suggestion() -> None:
     card = card_of("known-vertebral-fracture")
     assert "suggestions" not in card
