@@ -105,7 +105,8 @@ def test_known_fracture_gets_no_radiography_suggestion() -> None:
 
 def test_injection_drug_use_wording() -> None:
     detail = card_of("injection-drug-use")["detail"]
-    assert "substance use disorder that may involve injection: F11.20 Opioid dependence, uncomplicated" in detail
+    assert "- Substance use disorder that may involve injection: F11.20 Opioid dependence, uncomplicated" in detail
+    assert "injection drug use:" not in detail.lower()  # an F1x code is never called confirmed injection
 
 
 @pytest.mark.parametrize(("name", "says"), [
