@@ -125,6 +125,7 @@ class _Offer:
     code: str | None = None      # the study a replace-code suggestion orders
     display: str | None = None
     rating: str | None = None
+    stat: bool = False           # also makes the order STAT (a merged suggestion)
 
 
 def render_decision(
@@ -190,7 +191,7 @@ def _merge(parts: list[tuple[CardContent, Modifier | None, list[_Offer]]], decis
             elif stat and offer.spec.action == "replace-code" and offer.code:
                 offers.remove(offer)
                 merged = _stat_and_code(offer, decision, draft, rule_id)
-                if merged is not None and ("stat+" + offer.code) not in {o.code for o in first}:
+                if merged is not None and not any(o.stat and o.code == offer.code for o in first):
                     first.append(merged)
             offered.add((offer.spec.action, offer.code))
 
@@ -203,7 +204,7 @@ def _stat_and_code(offer: _Offer, decision: Decision, draft: actions.Draft, rule
         return None
     label = f"Make STAT and change to {offer.display} ({offer.code})"
     spec = Suggestion(key=f"stat-and-{offer.spec.key}", label=label, action="replace-code", recommended=True)
-    return _Offer(spec, _suggestion_json(label, True, action), code="stat+" + (offer.code or ""), display=offer.display)
+    return _Offer(spec, _suggestion_json(label, True, action), code=offer.code, display=offer.display, stat=True)
 
 
 def _offers(content: CardContent, decision: Decision, draft: actions.Draft, modifier: Modifier | None) -> list[_Offer]:
