@@ -93,12 +93,12 @@ def evaluate(request_file: Path, as_json: bool, today: Any) -> None:
 
     data = envelope.parse_json(request_file.read_bytes())
     hook = data.get("hook") if isinstance(data, dict) else None
-    spec = next((s for s in pipeline.SERVICES.values() if s.hook == hook), None)
-    if spec is None:
-        raise InvalidRequest(f"{request_file}: hook must be one of {', '.join(s.hook for s in pipeline.SERVICES.values())}")
-    hook_request = envelope.parse_request(data, hook=spec.hook)
     evaluator = pipeline.Evaluator.load()
-    evaluation = evaluator.evaluate(hook_request, today.date() if today else date.today(), fetcher=None)
+    spec = next((s for s in evaluator.catalogue.values() if s.hook == hook), None)
+    if spec is None:
+        raise InvalidRequest(f"{request_file}: hook must be one of {', '.join(s.hook for s in evaluator.catalogue.values())}")
+    hook_request = envelope.parse_request(data, hook=spec.hook)
+    evaluation = evaluator.evaluate(hook_request, today.date() if today else date.today(), fetcher=None, service=spec)
     if as_json:
         click.echo(orjson.dumps(evaluation.response, option=orjson.OPT_INDENT_2).decode())
     else:

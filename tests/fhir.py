@@ -15,6 +15,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from service.facts import model
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 AS_OF = date(2026, 11, 26)  # the date the fixture files are written for (fixtures/README.md)
@@ -134,6 +136,17 @@ def imaging_report(code: str = "72148", *, on: str, pid: str = "patient-1") -> d
     return {"resourceType": "DiagnosticReport", "id": _id("report"), "status": "final",
             "code": {"coding": [coding(code, "MRI lumbar spine")]}, "subject": {"reference": f"Patient/{pid}"},
             "effectiveDateTime": on}
+
+
+def study(code: str = "72148", contrast: model.Contrast = model.Contrast.WITHOUT, modality: model.Modality = model.Modality.MRI,
+          system: str = CPT) -> model.Study:
+    """The study value of a lumbar order (what facts.extract.ordered_study reads from the draft)."""
+    return model.Study(modality=modality, contrast=contrast, region="lumbar", system=system, code=code, display=None)
+
+
+def imaging_order(code: str, **kwargs: Any) -> dict[str, Any]:
+    """A draft ServiceRequest for any lumbar study (MRI, CT or radiography), as the EHR sends it."""
+    return mri_order(code, **kwargs)
 
 
 def mri_order(code: str = "72148", *, reasons: list[dict[str, Any]] | None = None, oid: str = "example-request-id",

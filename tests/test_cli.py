@@ -25,7 +25,7 @@ STORIES = [
     ("no-indication", "rule: no-indication"),
     ("no-criteria-apply", "Rating: ServiceRequest/example-request-id = no-criteria-apply"),
     ("pregnancy-contrast", "rule: pregnancy-contrast"),
-    ("contrast-choice", "rule: contrast-choice"),
+    ("contrast-choice", "Change to MRI lumbar spine without contrast (72148)"),
     ("repeat-imaging", "rule: repeat-imaging"),
     ("acute-weaker-risk-factors", "found, does not by itself support immediate imaging"),
     ("trauma-high-energy", "* suggestion: Change to CT lumbar spine without contrast"),

@@ -54,6 +54,7 @@ class IssuedCard:
     issuer: str                         # JWT `iss` of the hook call
     tenant: str | None                  # JWT `tenant`, if any
     patient_id: str | None              # hashed with the salt before it is stored; never stored as is
+    modality: str | None = None         # mri | ct | xr: the modality of the order the card is about
 
 
 def dedup_key(service_id: str, item: FeedbackItem) -> str:
@@ -121,6 +122,7 @@ class CardStore:
                 rule_id=card.rule_id,
                 indicator=card.indicator,
                 rating=card.rating,
+                modality=card.modality,
                 hook_instance=call.hook_instance,
                 issuer=call.issuer,
                 tenant=call.tenant,
@@ -163,6 +165,7 @@ class CardStore:
             "rule_id": card.rule_id,
             "indicator": card.indicator,
             "rating": card.rating,
+            "modality": card.modality,
             "hook_instance": card.hook_instance,
             "issuer": card.issuer,
             "tenant": card.tenant,

@@ -34,35 +34,62 @@ NO_FEEDBACK = "none"  # the outcome of a card nobody gave feedback on (weekly ch
 
 
 def build_report(engine: sa.Engine, *, since: date | None = None, until: date | None = None) -> dict[str, Any]:
-    """Per rule id: cards issued, accepted, overridden, override reasons and acceptance rate."""
+    """Per rule id, and per modality of the ordered study within it and over all rules: cards issued,
+    accepted, overridden, override reasons and acceptance rate."""
     cards = schema.cards
     latest = _latest_feedback()
-    issued = sa.select(cards.c.rule_id, sa.func.count()).where(*_window(since, until)).group_by(cards.c.rule_id)
+    modality = sa.func.coalesce(cards.c.modality, UNKNOWN_MODALITY)
+    issued = (
+        sa.select(cards.c.rule_id, modality, sa.func.count()).where(*_window(since, until)).group_by(cards.c.rule_id, modality)
+    )
     outcomes = (
-        sa.select(cards.c.rule_id, latest.c.outcome, latest.c.override_code, sa.func.count())
+        sa.select(cards.c.rule_id, modality, latest.c.outcome, latest.c.override_code, sa.func.count())
         .select_from(cards.join(latest, latest.c.card_uuid == cards.c.card_uuid))
         .where(*_window(since, until))
-        .group_by(cards.c.rule_id, latest.c.outcome, latest.c.override_code)
+        .group_by(cards.c.rule_id, modality, latest.c.outcome, latest.c.override_code)
     )
     rules: dict[str, dict[str, Any]] = {}
+    totals: dict[str, dict[str, Any]] = {}
     with engine.connect() as conn:
-        for rule_id, n in conn.execute(issued):
-            rules[rule_id] = {"cards": n, "accepted": 0, "overridden": 0, "override_reasons": {}}
-        for rule_id, outcome, code, n in conn.execute(outcomes):
-            entry = rules[rule_id]
-            entry[outcome] += n
-            if outcome == "overridden" and code is not None:
-                entry["override_reasons"][code] = entry["override_reasons"].get(code, 0) + n
+        for rule_id, kind, n in conn.execute(issued):
+            for entry in _entries(rules, totals, rule_id, kind):
+                entry["cards"] += n
+        for rule_id, kind, outcome, code, n in conn.execute(outcomes):
+            for entry in _entries(rules, totals, rule_id, kind):
+                entry[outcome] += n
+                if outcome == "overridden" and code is not None:
+                    entry["override_reasons"][code] = entry["override_reasons"].get(code, 0) + n
+    for entry in [*rules.values(), *(m for e in rules.values() for m in e["modalities"].values()), *totals.values()]:
+        _finish(entry)
     for entry in rules.values():
-        entry["override_reasons"] = dict(sorted(entry["override_reasons"].items(), key=lambda kv: (-kv[1], kv[0])))
-        answered = entry["accepted"] + entry["overridden"]
-        if answered:
-            entry["acceptance_rate"] = round(entry["accepted"] / answered, 4)
+        entry["modalities"] = dict(sorted(entry["modalities"].items()))
     return {
         "rules": dict(sorted(rules.items())),
+        "modalities": dict(sorted(totals.items())),
         "cards_total": sum(e["cards"] for e in rules.values()),
         "feedback_total": sum(e["accepted"] + e["overridden"] for e in rules.values()),
     }
+
+
+UNKNOWN_MODALITY = "unknown"  # a card stored without its modality (none are, once migrated)
+
+
+def _counts() -> dict[str, Any]:
+    return {"cards": 0, "accepted": 0, "overridden": 0, "override_reasons": {}}
+
+
+def _entries(rules: dict[str, dict[str, Any]], totals: dict[str, dict[str, Any]], rule_id: str, kind: str) -> list[dict[str, Any]]:
+    """The three counters one row adds to: the rule's, the rule's for this modality, the modality's."""
+    rule = rules.setdefault(rule_id, {**_counts(), "modalities": {}})
+    return [rule, rule["modalities"].setdefault(kind, _counts()), totals.setdefault(kind, _counts())]
+
+
+def _finish(entry: dict[str, Any]) -> None:
+    """Sort the override reasons (most frequent first) and add the acceptance rate when there is feedback."""
+    entry["override_reasons"] = dict(sorted(entry["override_reasons"].items(), key=lambda kv: (-kv[1], kv[0])))
+    answered = entry["accepted"] + entry["overridden"]
+    if answered:
+        entry["acceptance_rate"] = round(entry["accepted"] / answered, 4)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,7 +184,12 @@ def render_text(report: Mapping[str, Any], *, since: date | None = None, until: 
         )
         for code, n in entry["override_reasons"].items():
             lines.append(f"    override reason {code}: {n}")
+        if len(entry.get("modalities", {})) > 1:
+            for kind, counts in entry["modalities"].items():
+                lines.append(f"    {kind:<28} {counts['cards']:>7} {counts['accepted']:>9} {counts['overridden']:>11} {_rate(counts):>11}")
     lines.append("-" * len(header))
+    for kind, counts in report.get("modalities", {}).items():
+        lines.append(f"{'modality ' + kind:<32} {counts['cards']:>7} {counts['accepted']:>9} {counts['overridden']:>11} {_rate(counts):>11}")
     lines.append(f"{'total':<32} {report['cards_total']:>7}   feedback on {report['feedback_total']} cards")
     return "\n".join(lines) + "\n"
 
@@ -219,6 +251,12 @@ def _html_table(report: Mapping[str, Any]) -> str:
         rows.append(
             f"<tr><td>{html.escape(rule_id)}</td><td>{entry['cards']}</td><td>{entry['accepted']}</td>"
             f"<td>{entry['overridden']}</td><td>{_rate(entry)}</td><td class=\"reasons\">{reasons}</td></tr>"
+        )
+    for kind, counts in report.get("modalities", {}).items():
+        reasons = ", ".join(f"{html.escape(str(code))}: {n}" for code, n in counts["override_reasons"].items())
+        rows.append(
+            f"<tr><td>modality {html.escape(kind)}</td><td>{counts['cards']}</td><td>{counts['accepted']}</td>"
+            f"<td>{counts['overridden']}</td><td>{_rate(counts)}</td><td class=\"reasons\">{reasons}</td></tr>"
         )
     rows.append(
         f"<tr><th>total</th><th>{report['cards_total']}</th>"

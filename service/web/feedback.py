@@ -17,7 +17,6 @@ from werkzeug.exceptions import UnsupportedMediaType
 
 from service import errors
 from service.intake import feedback_items
-from service.pipeline import SERVICES
 from service.services import services_of
 from service.web import auth
 from service.web import hooks
@@ -32,7 +31,7 @@ def receive_feedback(service_id: str) -> Response:
     """Validate and store the feedback; 200 (empty body) once it is durable."""
     services = services_of(current_app)
     claims = auth.authenticate(services)
-    if service_id not in SERVICES:
+    if service_id not in services.catalogue:
         raise errors.UnknownService(f"no CDS service with id {service_id!r}; see GET /cds-services")
     if not request.is_json:
         raise UnsupportedMediaType("feedback must be sent as application/json")

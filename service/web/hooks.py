@@ -27,7 +27,6 @@ from service.call_record import FhirFetchNote
 from service.errors import UnknownService
 from service.intake import envelope
 from service.intake import fhir_client
-from service.pipeline import SERVICES
 from service.pipeline import Evaluation
 from service.security import fhir_servers
 from service.security.jwt import Claims
@@ -49,7 +48,8 @@ def begin_call(_endpoint: str | None, values: dict[str, Any] | None) -> None:
     refused before its view (413, a CORS preflight) is counted under its service.
     """
     service_id = (values or {}).get("service_id")
-    observability.attach(CallRecord(service_id=service_id if service_id in SERVICES else None))
+    catalogue = services_of(current_app).catalogue
+    observability.attach(CallRecord(service_id=service_id if service_id in catalogue else None))
 
 
 blueprint.url_value_preprocessor(begin_call)
@@ -57,12 +57,13 @@ blueprint.url_value_preprocessor(begin_call)
 
 @blueprint.get("/cds-services", endpoint="discovery")
 def discovery() -> Response:
-    """The two services and their prefetch templates (no token needed)."""
-    templates = services_of(current_app).evaluator.templates
+    """The services of the catalogue (cards/services.toml) and their prefetch templates (no token needed)."""
+    services = services_of(current_app)
+    templates = services.evaluator.templates
     return _json({
         "services": [
             {"hook": s.hook, "id": s.id, "title": s.title, "description": s.description, "prefetch": templates}
-            for s in SERVICES.values()
+            for s in services.catalogue.values()
         ]
     })
 
@@ -71,10 +72,10 @@ def discovery() -> Response:
 def call_service(service_id: str) -> Response:
     """Verify, parse, evaluate, record, answer."""
     started = time.monotonic()
-    spec = SERVICES.get(service_id)
+    services = services_of(current_app)
+    spec = services.catalogue.get(service_id)
     if spec is None:
         raise UnknownService(f"no CDS service with id {service_id!r}; see GET /cds-services")
-    services = services_of(current_app)
     call = observability.current_call()
     claims = auth.authenticate(services)
     call.issuer, call.tenant = claims.iss, claims.tenant
@@ -85,7 +86,7 @@ def call_service(service_id: str) -> Response:
     call.hook_instance, call.patient_id = hook_request.hook_instance, hook_request.patient_id
     fetcher = _fetcher(services, hook_request, claims, started)
     try:
-        evaluation = services.evaluator.evaluate(hook_request, date.today(), fetcher)
+        evaluation = services.evaluator.evaluate(hook_request, date.today(), fetcher, spec)
     finally:
         if fetcher is not None:
             call.fhir_fetches = [
@@ -123,7 +124,8 @@ def _note_evaluation(call: CallRecord, evaluation: Evaluation, templates: dict[s
             suggestion_uuids=c.suggestion_uuids,
             rule_id=c.rule_id,
             indicator=c.card["indicator"],
-            rating=evaluation.ratings.get(c.rule_id),
+            rating=evaluation.card_ratings.get(c.card["uuid"]),
+            modality=evaluation.modalities.get(c.card["uuid"]),
         )
         for c in evaluation.cards
     ]

@@ -26,7 +26,7 @@ EXPECTED = [
     ("no-indication", ["no-indication"]),
     ("no-criteria-apply", []),
     ("pregnancy-contrast", ["acute-uncomplicated", "pregnancy-contrast"]),
-    ("contrast-choice", ["persistent-after-conservative-care", "contrast-choice"]),
+    ("contrast-choice", ["persistent-after-conservative-care"]),  # v2: the rating card offers 72148 itself
     ("repeat-imaging", ["repeat-imaging"]),
     ("steroid-statement", ["fracture-risk"]),
     ("cauda-equina-contrast", ["cauda-equina"]),
