@@ -132,9 +132,9 @@ def medication_dispense(code: str, display: str, *, handed_over: str, days_suppl
     return out
 
 
-def imaging_report(code: str = "72148", *, on: str, pid: str = "patient-1") -> dict[str, Any]:
+def imaging_report(code: str = "72148", *, on: str, pid: str = "patient-1", display: str = "MRI lumbar spine") -> dict[str, Any]:
     return {"resourceType": "DiagnosticReport", "id": _id("report"), "status": "final",
-            "code": {"coding": [coding(code, "MRI lumbar spine")]}, "subject": {"reference": f"Patient/{pid}"},
+            "code": {"coding": [coding(code, display)]}, "subject": {"reference": f"Patient/{pid}"},
             "effectiveDateTime": on}
 
 

@@ -31,7 +31,13 @@ STORIES = [
     ("trauma-high-energy", "* suggestion: Change to CT lumbar spine without contrast"),
     ("cauda-equina-contrast", "* suggestion: Make STAT and change to MRI lumbar spine without contrast (72148)"),
     ("child", "No cards (no card for this order)."),
-    ("sandbox-empty-order", "No cards (no lumbar MRI order to review)."),
+    ("sandbox-empty-order", "No cards (no lumbar imaging order to review)."),
+    # v2 change 6: lumbar CT and radiography orders
+    ("ct-acute-uncomplicated", "[WARNING] Lumbar CT not recommended: acute low back pain without red flags (< 6 weeks)"),
+    ("ct-pregnancy", "[WARNING] Pregnant patient: MRI without contrast is the imaging of choice in pregnancy, not lumbar CT"),
+    ("ct-cauda-equina", "* suggestion: Make STAT and change to MRI lumbar spine without contrast (72148)"),
+    ("xr-acute-uncomplicated", "No rating recorded: PAMA appropriate use criteria cover advanced imaging (MRI, CT) only."),
+    ("ct-repeat-imaging", "[WARNING] Lumbar CT already done on 2026-07-14"),
 ]
 
 

@@ -12,7 +12,7 @@ def render_text(response: Mapping[str, Any], *, orders_reviewed: int) -> str:
     """Cards, suggestions and ratings as plain text."""
     cards = response.get("cards", [])
     if not cards and not response.get("systemActions"):
-        reason = "no lumbar MRI order to review" if orders_reviewed == 0 else "no card for this order"
+        reason = "no lumbar imaging order to review" if orders_reviewed == 0 else "no card for this order"
         return f"No cards ({reason})."
     lines: list[str] = []
     for card in cards:

@@ -45,6 +45,7 @@ OVERRIDES = {
     "trauma-ct-first": ["imaging-already-done", "high-risk-mechanism-not-coded", "patient-specific"],
     "repeat-imaging": ["clinical-change", "prior-study-unavailable", "surgical-planning", "patient-specific"],
     "pregnancy-contrast": ["contrast-agreed-with-radiology", "not-pregnant", "patient-specific"],
+    "pregnancy-radiation": ["contrast-agreed-with-radiology", "not-pregnant", "patient-specific"],
 }
 
 # fixture -> (card rule ids in order, rating of every rated order or None, the rule that rated it)
@@ -89,6 +90,12 @@ EXPECTED: dict[str, tuple[list[str], str | None, str | None]] = {
     "known-vertebral-fracture": (["fracture-risk"], "appropriate", "fracture-risk"),
     # v2 "Ratings by modality", row 1: MRI with contrast only (72149) is usually not appropriate in V4.
     "cauda-equina-contrast": (["cauda-equina"], "not-appropriate", "cauda-equina"),
+    # v2 change 6: lumbar CT and radiography orders, rated by the ordered study (radiography: no rating)
+    "ct-acute-uncomplicated": (["acute-uncomplicated"], "not-appropriate", "acute-uncomplicated"),
+    "ct-pregnancy": (["persistent-after-conservative-care", "pregnancy-radiation"], "appropriate", "persistent-after-conservative-care"),
+    "ct-cauda-equina": (["cauda-equina"], "appropriate", "cauda-equina"),
+    "xr-acute-uncomplicated": (["acute-uncomplicated"], None, None),
+    "ct-repeat-imaging": (["repeat-imaging"], "not-appropriate", "repeat-imaging"),
 }
 FIXTURE_NAMES = sorted(EXPECTED)
 

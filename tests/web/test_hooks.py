@@ -31,6 +31,11 @@ EXPECTED = [
     ("steroid-statement", ["fracture-risk"]),
     ("cauda-equina-contrast", ["cauda-equina"]),
     ("child", []),
+    ("ct-acute-uncomplicated", ["acute-uncomplicated"]),
+    ("ct-pregnancy", ["persistent-after-conservative-care", "pregnancy-radiation"]),
+    ("ct-cauda-equina", ["cauda-equina"]),
+    ("xr-acute-uncomplicated", ["acute-uncomplicated"]),
+    ("ct-repeat-imaging", ["repeat-imaging"]),
 ]
 
 SANDBOX_SHAPES = ["sandbox-empty-order", "sandbox-medication-order", "sandbox-dstu2-medication-order", "sandbox-no-draft-orders"]
