@@ -40,7 +40,7 @@ def load(config_file: Path | None) -> config.Settings:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lumbar-mri-cds")
 def cli() -> None:
-    """A CDS Hooks service that reviews lumbar spine MRI orders against imaging guidelines."""
+    """A CDS Hooks service that reviews lumbar spine imaging orders (MRI, CT, radiography) against imaging guidelines."""
 
 
 @cli.command("check-config")

@@ -64,6 +64,11 @@ def test_discovery_lists_both_services_with_prefetch(client):
     # v2: medication use is read from statements and dispenses too (long-term steroids, conservative care)
     assert prefetch["medicationStatements"] == "MedicationStatement?patient={{context.patientId}}"
     assert prefetch["medicationDispenses"] == "MedicationDispense?patient={{context.patientId}}"
+    # v2 change 6: prior studies of every modality are read (no modality filter on imaging queries)
+    assert prefetch["imagingStudies"] == "ImagingStudy?patient={{context.patientId}}"
+    assert prefetch["diagnosticReports"] == "DiagnosticReport?patient={{context.patientId}}"
+    for service in services.values():  # what is reviewed, and that radiography is not rated
+        assert all(word in service["description"] for word in ("MRI", "CT", "radiography", "PAMA"))
 
 
 @pytest.mark.parametrize(("name", "rules"), EXPECTED)
