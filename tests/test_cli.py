@@ -119,3 +119,16 @@ def test_rules_json(capsys):
     assert concept["name"] == "glucocorticoid_medication" and concept["codes"]["RxNorm"] > 0
     assert all(s["release"] and s["title"] for s in concept["sources"])
     assert [r["id"] for r in model["rules"]][-1] == "no-criteria-apply"
+    # v2 change 6: the rating table, each row with its source; radiography is never rated
+    rows = {r["rule"]: r for r in model["ratings"]}
+    assert rows["cauda-equina"]["studies"]["ct-without"] == "MBA" and rows["cauda-equina"]["source"] == "ACR-LBP"
+    assert rows["trauma-ct-first"]["studies"]["ct-without"] == "UA if high_energy_trauma, else MBA"
+    assert [s["rated"] for s in model["studies"] if s["column"] == "xr"] == [False]
+
+
+def test_rules_prints_the_ratings_by_modality(capsys):
+    code, out, _ = run(capsys, "rules")
+    assert code == 0
+    ratings = out.split("RATINGS BY MODALITY", 1)[1]
+    assert "xr = X-ray lumbar spine, 2 or 3 views (72100) (no rating)" in ratings
+    assert "mri-without UA; mri-without-with MBA; mri-with UNA; ct-without UA;" in ratings  # fracture-risk (V6)
