@@ -2,7 +2,7 @@
 
 Errors become exit codes in one place (``main``), as click's ``Command.main`` does; the codes are
 fixed and tested: 0 ok, 1 unexpected, 2 configuration, 3 invalid request, 4 data unobtainable,
-5 store unavailable.
+5 store unavailable, 6 bulk export missing, malformed or not obtainable.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import click
 import orjson
 
 from service import config
+from service.audit import command as audit_command
 from service.errors import ConfigError
 from service.errors import InvalidRequest
 from service.errors import ServiceError
@@ -44,6 +45,7 @@ def cli() -> None:
 
 
 cli.add_command(security_report.check_config)
+cli.add_command(audit_command.audit)
 
 
 @cli.command()

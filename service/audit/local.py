@@ -1,0 +1,192 @@
+"""The local engine: every core of one machine, memory bounded whatever the export's size.
+
+Two passes over disk, never the whole export in memory:
+
+1. *Partition.* The export's files are cut into chunks (a plain file at line boundaries every
+   ``CHUNK_BYTES``; a gzip file whole). Worker processes read the chunks in parallel, ``classify``
+   each line and append it to one of ``N`` on-disk partitions chosen by a hash of its patient id,
+   prefixed with the patient id and a flag marking an audited order.
+2. *Audit.* Workers take one partition at a time, group its lines by patient (only patients with a
+   flagged order are parsed again) and run ``Auditor.audit_patient`` on each.
+
+Memory is bounded by one partition per worker (``PARTITION_BYTES``, about 48 MB of lines, plus the
+parsed resources of one patient at a time), not by the export.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Callable
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.audit.export import ExportFile
+from service.audit.export import ReadStats
+from service.audit.export import classify
+from service.audit.export import numbered
+from service.audit.export import open_lines
+from service.audit.patient import AuditContext
+from service.audit.patient import Auditor
+from service.pipeline import Evaluator
+
+CHUNK_BYTES = 32 * 1024 * 1024       # a worker's unit of pass 1 in a plain file
+PARTITION_BYTES = 48 * 1024 * 1024   # the target size of a partition, what a worker holds in pass 2
+GZIP_RATIO = 8                        # bytes of NDJSON per byte of gzip, to size partitions
+Progress = Callable[[str, int, int], None]  # (phase, units done, units in the phase)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Chunk:
+    index: int
+    file: ExportFile
+    start: int
+    end: int | None            # None: to the end of the file
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkResult:
+    index: int
+    lines_seen: int            # every line of the chunk, blank ones included (for line numbers)
+    stats: ReadStats           # bad-line numbers relative to the chunk's first line
+
+
+# One Auditor per worker process, set by the pool's initializer: a process pool hands work to
+# functions, not objects, so the per-process state lives here (as a WSGI worker holds its app).
+_AUDITOR: list[Auditor] = []
+
+
+def _init_worker(context: AuditContext) -> None:
+    _AUDITOR[:] = [Auditor(context, Evaluator.load())]
+
+
+def plan_chunks(files: list[ExportFile]) -> list[Chunk]:
+    """Chunks of the files, at line boundaries."""
+    chunks: list[Chunk] = []
+    for file in files:
+        size = file.path.stat().st_size
+        if file.compressed or size <= CHUNK_BYTES:
+            chunks.append(Chunk(index=len(chunks), file=file, start=0, end=None))
+            continue
+        start = 0
+        with file.path.open("rb") as fh:
+            while start < size:
+                fh.seek(min(start + CHUNK_BYTES, size))
+                fh.readline()  # to the end of the line the cut falls in
+                end = min(fh.tell(), size)
+                chunks.append(Chunk(index=len(chunks), file=file, start=start, end=None if end >= size else end))
+                start = end
+    return chunks
+
+
+def partition_count(files: list[ExportFile], workers: int) -> int:
+    """Enough partitions for each to hold about PARTITION_BYTES, and a few per worker."""
+    total = sum(f.path.stat().st_size * (GZIP_RATIO if f.compressed else 1) for f in files)
+    return max(4 * workers, -(-total // PARTITION_BYTES))
+
+
+def run(
+    files: list[ExportFile], context: AuditContext, *, work_dir: Path, workers: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[list[dict[str, Any]], ReadStats]:
+    """Audit the patient files of an export; rows in no particular order, and the read stats."""
+    workers = workers or os.cpu_count() or 1
+    kept = [f for f in files if f.kind in context.reading.kinds]
+    chunks = plan_chunks(kept)
+    partitions = partition_count(kept, workers)
+    stats = ReadStats()
+    rows: list[dict[str, Any]] = []
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(context,)) as pool:
+        results = []
+        for result in pool.map(_partition, chunks, [work_dir] * len(chunks), [partitions] * len(chunks)):
+            results.append(result)
+            if progress:
+                progress("partition", len(results), len(chunks))
+        _merge(stats, chunks, results)
+        for done, found in enumerate(pool.map(_audit_partition, [work_dir] * partitions, range(partitions)), 1):
+            rows.extend(found)
+            if progress:
+                progress("audit", done, partitions)
+    return rows, stats
+
+
+def _merge(stats: ReadStats, chunks: list[Chunk], results: list[ChunkResult]) -> None:
+    """Merge the chunks' stats, turning chunk-relative line numbers into the file's."""
+    first_line: dict[int, int] = {}
+    seen_in_file: dict[Path, int] = {}
+    for chunk, result in zip(chunks, results, strict=True):
+        first_line[chunk.index] = seen_in_file.get(chunk.file.path, 0)
+        seen_in_file[chunk.file.path] = first_line[chunk.index] + result.lines_seen
+        offset = first_line[chunk.index]
+        result.stats.bad_examples = [(f, n + offset, r) for f, n, r in result.stats.bad_examples]
+        stats.merge(result.stats)
+
+
+def _partition(chunk: Chunk, work_dir: Path, partitions: int) -> ChunkResult:
+    """Pass 1 over one chunk: classify its lines into this chunk's partition files."""
+    reading = _AUDITOR[0].context.reading
+    stats = ReadStats()
+    folder = work_dir / f"chunk-{chunk.index:06d}"
+    folder.mkdir(parents=True)
+    outputs = [(folder / f"{p:05d}.tsv").open("wb", buffering=256 * 1024) for p in range(partitions)]
+    lines_seen = 0
+    name = chunk.file.path.name
+    try:
+        for number, line in numbered(chunk.file, open_lines(chunk.file, chunk.start, chunk.end)):
+            lines_seen = number
+            got = classify(line, reading)
+            if isinstance(got, str):
+                _count(stats, got, name, number)
+                continue
+            patient, flagged, _kind = got
+            stats.lines += 1
+            stats.resources += 1
+            key = patient.encode()
+            outputs[zlib.crc32(key) % partitions].write(
+                (b"1" if flagged else b"0") + key + b"\t" + line.rstrip(b"\r\n") + b"\n"
+            )
+    finally:
+        for out in outputs:
+            out.close()
+    return ChunkResult(index=chunk.index, lines_seen=lines_seen, stats=stats)
+
+
+def _count(stats: ReadStats, reason: str, file_name: str, number: int) -> None:
+    """Count a line classify did not key: blank (not counted), of a type not read, or bad."""
+    if not reason:
+        return
+    stats.lines += 1
+    if reason.startswith("skip:"):
+        kind = reason[5:]
+        stats.skipped_types[kind] = stats.skipped_types.get(kind, 0) + 1
+    else:
+        stats.bad(file_name, number, reason)
+
+
+def _audit_partition(work_dir: Path, partition: int) -> list[dict[str, Any]]:
+    """Pass 2 over one partition: group the lines of patients with an audited order, audit each."""
+    auditor = _AUDITOR[0]
+    # Two reads of the partition (the second from the page cache): only the lines of patients with
+    # an audited order are kept in memory.
+    flagged = {pid for flag, pid, _ in _records(work_dir, partition) if flag}
+    grouped: dict[bytes, list[bytes]] = {}
+    for _, pid, line in _records(work_dir, partition):
+        if pid in flagged:
+            grouped.setdefault(pid, []).append(line)
+    rows: list[dict[str, Any]] = []
+    for pid in sorted(grouped):
+        rows.extend(auditor.audit_patient(pid.decode(), grouped.pop(pid)))
+    return rows
+
+
+def _records(work_dir: Path, partition: int) -> Iterator[tuple[bool, bytes, bytes]]:
+    """(audited-order flag, patient id, line) of every line in one partition, across chunks."""
+    for folder in sorted(work_dir.glob("chunk-*")):
+        path = folder / f"{partition:05d}.tsv"
+        with path.open("rb") as fh:
+            for record in fh:
+                pid, _, line = record.partition(b"\t")
+                yield pid[:1] == b"1", pid[1:], line
