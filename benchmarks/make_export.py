@@ -182,7 +182,7 @@ class PatientBuilder:
                   "identifier": [{"system": "urn:oid:2.16.840.1.113883.19.5", "value": f"MRN{900000 + self.n}"}],
                   "name": [{"family": rng.choice(FAMILY), "given": [rng.choice(GIVEN)]}],
                   "address": [{"city": "Springfield", "postalCode": f"{10000 + self.n % 89999}"}]})
-        for _ in range(rng.randint(2, 6)):
+        for _ in range(rng.randint(3, 8)):
             self.encounter(WINDOW_START + timedelta(days=rng.randint(-400, WINDOW_DAYS - 1)))
         if not child:
             self.comorbidities()
