@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from service.audit import export as export_mod  # noqa: E402
 from service.audit import local  # noqa: E402
-from service.audit.patient import reading_kinds  # noqa: E402
+from service.audit.patient import reading_filters  # noqa: E402
 from service.pipeline import Evaluator  # noqa: E402
 
 
@@ -44,18 +45,24 @@ def _parse_chunk(chunk: local.Chunk) -> int:
     return n
 
 
-def floor(export_dir: Path, workers: int) -> tuple[float, int]:
-    """Seconds to parse every line of the files the audit reads, and the line count."""
-    kinds = reading_kinds(Evaluator.load()) | export_mod.DIRECTORY_TYPES
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def floor(export_dir: Path, workers: int) -> tuple[float, float, int]:
+    """Wall and CPU seconds to parse every line of the files the audit reads, and the line count."""
+    kinds = set(reading_filters(Evaluator.load())) | export_mod.DIRECTORY_TYPES
     files = [f for f in export_mod.discover(export_dir) if f.kind in kinds]
     chunks = local.plan_chunks(files)
-    started = time.perf_counter()
+    started, cpu, children = time.perf_counter(), time.process_time(), _children_cpu()
     if workers == 1:
         lines = sum(_parse_chunk(c) for c in chunks)
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             lines = sum(pool.map(_parse_chunk, chunks))
-    return time.perf_counter() - started, lines
+    used = time.process_time() - cpu + _children_cpu() - children
+    return time.perf_counter() - started, used, lines
 
 
 def _tree(pid: int) -> list[int]:
@@ -83,11 +90,11 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
-def run_engine(export_dir: Path, engine: str, out: Path) -> tuple[float, int, dict]:
-    """(seconds, peak RSS of the process tree in kB, summary) of one audit run."""
+def run_engine(export_dir: Path, engine: str, out: Path) -> tuple[float, float, int, dict]:
+    """(wall seconds, CPU seconds of the process tree, its peak RSS in kB, summary) of one audit run."""
     command = [sys.executable, "-m", "service.cli", "audit", str(export_dir), "--out", str(out), "--engine", engine,
                "--since", "2025-01-01", "--until", "2025-12-31"]
-    started = time.perf_counter()
+    started, children = time.perf_counter(), _children_cpu()
     process = subprocess.Popen(command, cwd=HERE.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
     while process.poll() is None:
@@ -97,7 +104,7 @@ def run_engine(export_dir: Path, engine: str, out: Path) -> tuple[float, int, di
     stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
     if process.returncode != 0:
         raise SystemExit(f"{engine} engine failed ({process.returncode}):\n{stderr[-3000:]}")
-    return elapsed, peak, json.loads((out / "summary.json").read_text())
+    return elapsed, _children_cpu() - children, peak, json.loads((out / "summary.json").read_text())
 
 
 def main() -> None:
@@ -117,15 +124,16 @@ def main() -> None:
     size = sum(p.stat().st_size for p in export_dir.iterdir())
     print(f"export: {export_dir} ({size / 1e9:.2f} GB)")
     cores = os.cpu_count() or 1
-    floor_1, lines = floor(export_dir, 1)
-    floor_n, _ = floor(export_dir, cores)
-    print(f"floor: orjson parse of {lines} lines: {floor_1:.1f} s in 1 process, {floor_n:.1f} s in {cores} processes")
+    floor_1, cpu_1, lines = floor(export_dir, 1)
+    floor_n, cpu_n, _ = floor(export_dir, cores)
+    print(f"floor: orjson parse of {lines} lines: {floor_1:.1f} s ({cpu_1:.1f} s CPU) in 1 process, "
+          f"{floor_n:.1f} s ({cpu_n:.1f} s CPU) in {cores} processes")
     for engine in args.engines.split(","):
-        seconds, peak, summary = run_engine(export_dir, engine, work / f"out-{engine}")
+        seconds, cpu, peak, summary = run_engine(export_dir, engine, work / f"out-{engine}")
         orders = summary["orders"]
-        print(f"{engine}: {orders} orders in {seconds:.1f} s = {orders / seconds:.0f} orders/s; "
-              f"{floor_1 and seconds / floor_1:.2f}x the 1-process floor, {floor_n and seconds / floor_n:.2f}x the "
-              f"{cores}-process floor; peak RSS {peak / 1024:.0f} MB (process tree)")
+        print(f"{engine}: {orders} orders in {seconds:.1f} s = {orders / seconds:.0f} orders/s "
+              f"({cpu:.1f} s CPU, {cpu / cpu_1:.2f}x the floor's CPU); wall {seconds / floor_1:.2f}x the 1-process "
+              f"floor, {seconds / floor_n:.2f}x the {cores}-process floor; peak RSS {peak / 1024:.0f} MB (process tree)")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     else:

@@ -93,12 +93,12 @@ def run_audit(
     from service.audit import report
     from service.audit.directory import load_directory
     from service.audit.patient import AuditContext
-    from service.audit.patient import reading_kinds
+    from service.audit.patient import reading_filters
     from service.pipeline import Evaluator
 
     files = export.discover(export_dir)
     evaluator = Evaluator.load()
-    reading = export.Reading(kinds=reading_kinds(evaluator), window=window, value_sets=evaluator.value_sets)
+    reading = export.Reading(filters=reading_filters(evaluator), window=window, value_sets=evaluator.value_sets)
     stats = export.ReadStats()
     directory = load_directory(files, stats)
     context = AuditContext(reading=reading, directory=directory, salt=salt)

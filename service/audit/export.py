@@ -13,6 +13,7 @@ NDJSON from its first line on) is an ``ExportError`` naming the file and line.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import re
 import zlib
@@ -177,36 +178,56 @@ def numbered(file: ExportFile, lines: Iterator[bytes], first_line: int = 1) -> I
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Reading:
-    """What ``classify`` needs: the types the audit reads, the order window, the value sets."""
+    """What ``classify`` needs: the types the audit reads (with their code filters), the window, the value sets."""
 
-    kinds: frozenset[str]      # resource types keyed by patient (prefetch types + Patient + Encounter)
+    filters: Mapping[str, frozenset[str] | None]  # resource type -> the codes any prefetch template asks for; None: all
     window: Window
     value_sets: ValueSets
 
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The resource types keyed by patient (prefetch types + Patient + Encounter)."""
+        return frozenset(self.filters)
 
-def classify(line: bytes, reading: Reading) -> tuple[str, bool, str] | str:
-    """(patient id, is an audited order, resourceType) of one line, or the reason it is bad.
 
-    A blank line gives the empty reason ``""`` (not counted). A resource of a type the audit does not
-    read gives ``"skip:<type>"``.
+_NOT_READ: Any = object()
+
+
+def classify(line: bytes, reading: Reading) -> tuple[str, bool, bool] | str:
+    """(patient id, is an audited order, kept) of one line, or the reason it is bad.
+
+    *kept* is False for a resource no prefetch template would return (an Observation whose code no
+    template asks for): it is counted but not written out. A blank line gives the empty reason ``""``
+    (not counted); a resource of a type the audit does not read gives ``"skip:<type>"``.
     """
-    if not line.strip():
-        return ""
+    # Runs on every line of the export: the common case first, without helper calls.
     try:
         resource = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        return f"not JSON ({exc.msg})"
-    if not isinstance(resource, dict):
+        return f"not JSON ({exc.msg})" if line.strip() else ""
+    if type(resource) is not dict:
         return "not a JSON object"
     kind = resource.get("resourceType")
-    if not isinstance(kind, str) or not _TYPE_NAME.match(kind):
-        return "no resourceType"
-    if kind not in reading.kinds:
-        return "skip:" + kind
+    codes = reading.filters.get(kind, _NOT_READ) if type(kind) is str else _NOT_READ
+    if codes is _NOT_READ:
+        return "skip:" + kind if type(kind) is str and _TYPE_NAME.match(kind) else "no resourceType"
     patient = patient_of(resource)
     if patient is None:
         return "no patient reference" if kind != "Patient" else "Patient without a valid id"
-    return patient, kind == "ServiceRequest" and audited_order(resource, reading) is not None, kind
+    flagged = kind == "ServiceRequest" and audited_order(resource, reading) is not None
+    return patient, flagged, codes is None or has_code(resource, codes)
+
+
+def has_code(resource: Mapping[str, Any], codes: frozenset[str]) -> bool:
+    """Whether ``resource.code`` has a coding among these tokens (``system|code``, or a bare code)."""
+    code = resource.get("code")
+    codings = code.get("coding") if isinstance(code, dict) else None
+    for coding in codings if isinstance(codings, list) else ():
+        if isinstance(coding, dict):
+            value = coding.get("code")
+            if f"{coding.get('system')}|{value}" in codes or str(value) in codes:
+                return True
+    return False
 
 
 def patient_of(resource: Mapping[str, Any]) -> str | None:
@@ -216,12 +237,22 @@ def patient_of(resource: Mapping[str, Any]) -> str | None:
         return rid if isinstance(rid, str) and _ID.match(rid) else None
     for name in ("subject", "patient"):
         ref = resource.get(name)
-        target = ref.get("reference") if isinstance(ref, dict) else None
-        if isinstance(target, str) and "Patient/" in target:
-            pid = target.rsplit("Patient/", 1)[1].split("/", 1)[0]
-            if _ID.match(pid):
+        target = ref.get("reference") if type(ref) is dict else None
+        if type(target) is str:
+            pid = _patient_id(target)
+            if pid is not None:
                 return pid
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _patient_id(reference: str) -> str | None:
+    """`Patient/123` (relative or absolute) -> `123`; cached: an export names each patient many times."""
+    at = reference.rfind("Patient/")
+    if at < 0:
+        return None
+    pid = reference[at + 8:].split("/", 1)[0]
+    return pid if _ID.match(pid) else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

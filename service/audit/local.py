@@ -5,20 +5,23 @@ Two passes over disk, never the whole export in memory:
 1. *Partition.* The export's files are cut into chunks (a plain file at line boundaries every
    ``CHUNK_BYTES``; a gzip file whole). Worker processes read the chunks in parallel, ``classify``
    each line and append it to one of ``N`` on-disk partitions chosen by a hash of its patient id,
-   prefixed with the patient id and a flag marking an audited order.
-2. *Audit.* Workers take one partition at a time, group its lines by patient (only patients with a
-   flagged order are parsed again) and run ``Auditor.audit_patient`` on each.
+   prefixed with the patient id and a flag marking an audited order. The ServiceRequest files go
+   first: they name the patients with an audited order, and of the other files only those patients'
+   lines are written (every line is still read and counted).
+2. *Audit.* Workers take one partition at a time, group its lines by patient and run
+   ``Auditor.audit_patient`` on each patient with an audited order.
 
-Memory is bounded by one partition per worker (``PARTITION_BYTES``, about 48 MB of lines, plus the
-parsed resources of one patient at a time), not by the export.
+Memory is bounded by one partition per worker (at most ``PARTITION_BYTES`` of lines, about 48 MB,
+plus the parsed resources of one patient at a time) and the set of patient ids with an audited order
+(about 100 bytes an order), not by the export.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import zlib
 from collections.abc import Callable
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +39,7 @@ from service.pipeline import Evaluator
 CHUNK_BYTES = 32 * 1024 * 1024       # a worker's unit of pass 1 in a plain file
 PARTITION_BYTES = 48 * 1024 * 1024   # the target size of a partition, what a worker holds in pass 2
 GZIP_RATIO = 8                        # bytes of NDJSON per byte of gzip, to size partitions
+_FLAGGED = re.compile(rb"^1([^\t\n]*)\t", re.M)
 Progress = Callable[[str, int, int], None]  # (phase, units done, units in the phase)
 
 
@@ -52,11 +56,13 @@ class ChunkResult:
     index: int
     lines_seen: int            # every line of the chunk, blank ones included (for line numbers)
     stats: ReadStats           # bad-line numbers relative to the chunk's first line
+    flagged: frozenset[bytes]  # patients with an audited order in this chunk
 
 
 # One Auditor per worker process, set by the pool's initializer: a process pool hands work to
 # functions, not objects, so the per-process state lives here (as a WSGI worker holds its app).
 _AUDITOR: list[Auditor] = []
+_WANTED: dict[Path, frozenset[bytes]] = {}  # the flagged-patients file, read once per worker
 
 
 def _init_worker(context: AuditContext) -> None:
@@ -99,13 +105,19 @@ def run(
     partitions = partition_count(kept, workers)
     stats = ReadStats()
     rows: list[dict[str, Any]] = []
+    first = [c for c in chunks if c.file.kind == "ServiceRequest"]
+    rest = [c for c in chunks if c.file.kind != "ServiceRequest"]
+    wanted = work_dir / "flagged-patients"
     with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(context,)) as pool:
-        results = []
-        for result in pool.map(_partition, chunks, [work_dir] * len(chunks), [partitions] * len(chunks)):
-            results.append(result)
-            if progress:
-                progress("partition", len(results), len(chunks))
-        _merge(stats, chunks, results)
+        results: list[ChunkResult] = []
+        for batch, only in ((first, None), (rest, wanted)):
+            for result in pool.map(_partition, batch, [work_dir] * len(batch), [partitions] * len(batch), [only] * len(batch)):
+                results.append(result)
+                if progress:
+                    progress("partition", len(results), len(chunks))
+            if only is None:
+                wanted.write_bytes(b"\n".join(sorted(frozenset().union(*(r.flagged for r in results)))))
+        _merge(stats, first + rest, results)
         for done, found in enumerate(pool.map(_audit_partition, [work_dir] * partitions, range(partitions)), 1):
             rows.extend(found)
             if progress:
@@ -125,9 +137,12 @@ def _merge(stats: ReadStats, chunks: list[Chunk], results: list[ChunkResult]) ->
         stats.merge(result.stats)
 
 
-def _partition(chunk: Chunk, work_dir: Path, partitions: int) -> ChunkResult:
-    """Pass 1 over one chunk: classify its lines into this chunk's partition files."""
+def _partition(chunk: Chunk, work_dir: Path, partitions: int, wanted: Path | None) -> ChunkResult:
+    """Pass 1 over one chunk: classify its lines into this chunk's partition files (only the lines
+    of the patients listed in ``wanted``, when given)."""
     reading = _AUDITOR[0].context.reading
+    only = _wanted(wanted) if wanted is not None else None
+    flagged_here: set[bytes] = set()
     stats = ReadStats()
     folder = work_dir / f"chunk-{chunk.index:06d}"
     folder.mkdir(parents=True)
@@ -138,20 +153,30 @@ def _partition(chunk: Chunk, work_dir: Path, partitions: int) -> ChunkResult:
         for number, line in numbered(chunk.file, open_lines(chunk.file, chunk.start, chunk.end)):
             lines_seen = number
             got = classify(line, reading)
-            if isinstance(got, str):
+            if type(got) is str:
                 _count(stats, got, name, number)
                 continue
-            patient, flagged, _kind = got
+            patient, flagged, kept = got
             stats.lines += 1
             stats.resources += 1
             key = patient.encode()
-            outputs[zlib.crc32(key) % partitions].write(
-                (b"1" if flagged else b"0") + key + b"\t" + line.rstrip(b"\r\n") + b"\n"
-            )
+            if flagged:
+                flagged_here.add(key)
+            if kept and (only is None or key in only):
+                if not line.endswith(b"\n"):
+                    line += b"\n"
+                outputs[zlib.crc32(key) % partitions].write((b"1" if flagged else b"0") + key + b"\t" + line)
     finally:
         for out in outputs:
             out.close()
-    return ChunkResult(index=chunk.index, lines_seen=lines_seen, stats=stats)
+    return ChunkResult(index=chunk.index, lines_seen=lines_seen, stats=stats, flagged=frozenset(flagged_here))
+
+
+def _wanted(path: Path) -> frozenset[bytes]:
+    if path not in _WANTED:
+        _WANTED.clear()
+        _WANTED[path] = frozenset(path.read_bytes().split(b"\n"))
+    return _WANTED[path]
 
 
 def _count(stats: ReadStats, reason: str, file_name: str, number: int) -> None:
@@ -169,24 +194,18 @@ def _count(stats: ReadStats, reason: str, file_name: str, number: int) -> None:
 def _audit_partition(work_dir: Path, partition: int) -> list[dict[str, Any]]:
     """Pass 2 over one partition: group the lines of patients with an audited order, audit each."""
     auditor = _AUDITOR[0]
-    # Two reads of the partition (the second from the page cache): only the lines of patients with
-    # an audited order are kept in memory.
-    flagged = {pid for flag, pid, _ in _records(work_dir, partition) if flag}
+    data = b"".join(path.read_bytes() for path in sorted(work_dir.glob(f"chunk-*/{partition:05d}.tsv")))
+    # Records are `<flag><patient id>\t<line>\n`: the patients with an audited order are found by one
+    # scan in C, and only their lines are kept (and parsed again).
+    flagged = set(_FLAGGED.findall(data))
     grouped: dict[bytes, list[bytes]] = {}
-    for _, pid, line in _records(work_dir, partition):
-        if pid in flagged:
-            grouped.setdefault(pid, []).append(line)
+    if flagged:
+        for record in data.split(b"\n"):
+            tab = record.find(b"\t")
+            if tab > 0 and record[1:tab] in flagged:
+                grouped.setdefault(record[1:tab], []).append(record[tab + 1:])
+    del data
     rows: list[dict[str, Any]] = []
     for pid in sorted(grouped):
         rows.extend(auditor.audit_patient(pid.decode(), grouped.pop(pid)))
     return rows
-
-
-def _records(work_dir: Path, partition: int) -> Iterator[tuple[bool, bytes, bytes]]:
-    """(audited-order flag, patient id, line) of every line in one partition, across chunks."""
-    for folder in sorted(work_dir.glob("chunk-*")):
-        path = folder / f"{partition:05d}.tsv"
-        with path.open("rb") as fh:
-            for record in fh:
-                pid, _, line = record.partition(b"\t")
-                yield pid[:1] == b"1", pid[1:], line

@@ -25,6 +25,7 @@ from service.audit.export import EXTRA_TYPES
 from service.audit.export import AuditedOrder
 from service.audit.export import Reading
 from service.audit.export import audited_order
+from service.audit.export import has_code
 from service.errors import DataUnobtainable
 from service.errors import InvalidRequest
 from service.intake import envelope
@@ -142,7 +143,8 @@ class Auditor:
         """The sandbox-shaped order-sign request the EHR would have sent when signing the order."""
         prefetch: dict[str, Any] = {}
         for key, query in self.queries.items():
-            known = [r for r in by_type.get(query.kind, ()) if asof.known_at(r, at) and _matches(r, query)]
+            known = [r for r in by_type.get(query.kind, ())
+                     if asof.known_at(r, at) and (not query.codes or has_code(r, query.codes))]
             if query.kind == "ServiceRequest":
                 known = [r for r in known if r is not order]  # the order is the draft, not yet in the record
             if query.read:
@@ -228,20 +230,6 @@ def read_evaluation(row: dict[str, Any], evaluation: Any) -> dict[str, Any]:
     return row
 
 
-def _matches(resource: Mapping[str, Any], query: Query) -> bool:
-    """Whether a resource answers the template's `code=` filter (token search: system|code or code)."""
-    if not query.codes:
-        return True
-    code = resource.get("code")
-    codings = code.get("coding") if isinstance(code, dict) else None
-    for coding in codings if isinstance(codings, list) else ():
-        if isinstance(coding, dict):
-            system, value = coding.get("system"), coding.get("code")
-            if f"{system}|{value}" in query.codes or str(value) in query.codes:
-                return True
-    return False
-
-
 def _reference(value: Any) -> str | None:
     target = value.get("reference") if isinstance(value, dict) else None
     return target if isinstance(target, str) and target else None
@@ -259,6 +247,13 @@ def _encounter_provider(order: Mapping[str, Any], by_type: Mapping[str, list[dic
     return None
 
 
-def reading_kinds(evaluator: Evaluator) -> frozenset[str]:
-    """The resource types the audit keys by patient: every template's type, Patient and Encounter."""
-    return frozenset(q.kind for q in read_templates(evaluator.templates).values()) | EXTRA_TYPES
+def reading_filters(evaluator: Evaluator) -> dict[str, frozenset[str] | None]:
+    """The resource types the audit keys by patient (every template's, Patient and Encounter), each
+    with the codes its templates ask for (None: every resource of the type)."""
+    filters: dict[str, frozenset[str] | None] = {kind: None for kind in EXTRA_TYPES}
+    queries = list(read_templates(evaluator.templates).values())
+    for kind in {q.kind for q in queries}:
+        of_kind = [q for q in queries if q.kind == kind]
+        wanted = None if any(not q.codes for q in of_kind) else frozenset().union(*(q.codes for q in of_kind))
+        filters[kind] = None if kind in EXTRA_TYPES else wanted
+    return filters

@@ -92,10 +92,11 @@ def _classify_partition(part: Iterable[tuple[bytes, int]], name: str, shared: An
             else:
                 stats.bad(name, index + 1, got)
             continue
-        patient, flagged, _kind = got
+        patient, flagged, kept = got
         stats.lines += 1
         stats.resources += 1
-        yield patient, (flagged, line)
+        if kept:
+            yield patient, (flagged, line)
     yield STATS_KEY, stats
 
 
