@@ -2,7 +2,8 @@
 
 Each patient file becomes an RDD of its raw lines (``textFile``, gzip read by Hadoop; numbered with
 ``zipWithIndex`` so a bad line is named as the local engine names it). Every line goes through the
-same ``classify``; lines are keyed by patient id, ``groupByKey`` brings a patient's lines together on
+same ``classify``; a first job over the ServiceRequest files finds the patients with an audited
+order (a broadcast set), and only their lines are kept, keyed by patient id; ``groupByKey`` brings a patient's lines together on
 one executor, and ``Auditor.audit_patient`` turns them into rows. Each partition's read counts travel
 under a reserved key and are merged in the same job. Rows come back to the driver (one small dict
 per order), where the outputs are written as for the local engine.
@@ -54,9 +55,14 @@ def _run(sc: Any, files: list[ExportFile], context: AuditContext) -> tuple[list[
     kept = [f for f in files if f.kind in context.reading.kinds]
     if not kept:
         return [], ReadStats()
+    # As the local engine does: the ServiceRequest files name the patients with an audited order,
+    # and only those patients' lines are shuffled (every line is still read and counted).
+    orders = [sc.textFile(str(f.path.resolve()), use_unicode=False) for f in kept if f.kind == "ServiceRequest"]
+    flagged = sc.union(orders).flatMap(lambda line: _flagged(line, shared)).distinct().collect() if orders else []
+    wanted = sc.broadcast(frozenset(flagged))
     lines = [
         sc.textFile(str(f.path.resolve()), use_unicode=False).zipWithIndex()
-        .mapPartitions(lambda part, name=f.path.name: _classify_partition(part, name, shared))
+        .mapPartitions(lambda part, name=f.path.name: _classify_partition(part, name, shared, wanted))
         for f in kept
     ]
     results = sc.union(lines).groupByKey().flatMap(lambda group: _audit_group(group, shared)).collect()
@@ -77,9 +83,19 @@ def _auditor(shared: Any) -> Auditor:
     return _AUDITOR[0]
 
 
-def _classify_partition(part: Iterable[tuple[bytes, int]], name: str, shared: Any) -> Iterator[tuple[str, Any]]:
-    """(patient id, (flag, line)) for each keyed line; then the partition's ReadStats under STATS_KEY."""
+def _flagged(line: bytes, shared: Any) -> list[str]:
+    """[patient id] when the line is an audited order, else []."""
+    got = classify(line, shared.value.reading)
+    return [got[0]] if type(got) is tuple and got[1] else []
+
+
+def _classify_partition(
+    part: Iterable[tuple[bytes, int]], name: str, shared: Any, wanted: Any
+) -> Iterator[tuple[str, Any]]:
+    """(patient id, (flag, line)) for each line kept of a wanted patient; then the partition's
+    ReadStats under STATS_KEY."""
     reading = shared.value.reading
+    patients = wanted.value
     stats = ReadStats()
     for line, index in part:
         got = classify(line, reading)
@@ -95,7 +111,7 @@ def _classify_partition(part: Iterable[tuple[bytes, int]], name: str, shared: An
         patient, flagged, kept = got
         stats.lines += 1
         stats.resources += 1
-        if kept:
+        if kept and patient in patients:
             yield patient, (flagged, line)
     yield STATS_KEY, stats
 
