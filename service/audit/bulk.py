@@ -4,7 +4,7 @@ The asynchronous pattern of the Bulk Data Access IG: ``GET [base]/$export`` with
 respond-async`` answers 202 and a ``Content-Location``; polling that URL answers 202 (honouring its
 ``Retry-After``) until a 200 whose body is the manifest, listing one or more NDJSON files per type.
 
-The rules of the hook path hold (``intake.fhir_client``): the base must be one a configured issuer's
+The rules of the hook path hold (``security.fhir_servers``, ``intake.fhir_client``): the base must be one a configured issuer's
 ``fhir_servers`` lists (any base only for a development issuer with ``any_fhir_server``); the access
 token goes only to URLs under that base (a status or file URL elsewhere gets no token, and a file
 that ``requiresAccessToken`` there is refused); redirects are not followed; no cookies or
@@ -27,7 +27,7 @@ import requests
 from service.audit.patient import read_templates
 from service.config import Settings
 from service.errors import ExportError
-from service.intake import fhir_client
+from service.security import fhir_servers
 
 FHIR_JSON = "application/fhir+json"
 DEFAULT_RETRY_SECONDS = 2.0      # when a 202 gives no Retry-After
@@ -40,9 +40,7 @@ Log = Callable[[str], None]
 
 def allowed_base(settings: Settings, base: str) -> bool:
     """Whether a configured issuer may send its tokens to this base (the hook path's allowlist)."""
-    if any(i.any_fhir_server for i in settings.issuers):
-        return fhir_client.base_allowed(base, None)
-    return fhir_client.base_allowed(base, [s for i in settings.issuers for s in i.fhir_servers])
+    return any(fhir_servers.token_may_go_to(issuer, base) for issuer in settings.issuers)
 
 
 def export_types() -> list[str]:
@@ -152,11 +150,11 @@ class _Client:
 
 def within(base: str, url: str) -> bool:
     """Whether url lies under the FHIR base (same scheme, host and port; path at or below the base's)."""
-    b, u = urlsplit(base), urlsplit(url)
-    if (b.scheme, b.hostname, b.port) != (u.scheme.lower(), u.hostname, u.port) or u.username or u.password:
+    home = fhir_servers.normalized_base(base)
+    target = fhir_servers.normalized_base(url.split("#", 1)[0].split("?", 1)[0])
+    if home is None or target is None or target[:3] != home[:3]:
         return False
-    prefix = b.path.rstrip("/")
-    return u.path == prefix or u.path.startswith(prefix + "/")
+    return target[3] == home[3] or target[3].startswith(home[3] + "/")
 
 
 def retry_after(value: str | None) -> float:

@@ -30,7 +30,7 @@ from service.errors import DataUnobtainable
 from service.errors import InvalidRequest
 from service.intake import envelope
 from service.pipeline import Evaluator
-from service.store.feedback import patient_hash
+from service.security.pseudonyms import patient_hash
 
 LOW_VALUE_RATING = "not-appropriate"  # decision-rules.md: "usually not appropriate" (ACR 1-3)
 _HOOK_NAMESPACE = uuid.UUID("0b6f3c1e-55d4-4b8a-9a51-3f1c2d7e8a90")  # hookInstance = uuid5(order hash)
