@@ -40,6 +40,7 @@ EXTRA_TYPES: frozenset[str] = frozenset({"Patient", "Encounter"})
 # a card is shown at signing, so revoked or completed orders count).
 ORDER_NOT_AUDITED = ("entered-in-error",)
 MAX_BAD_EXAMPLES = 20
+READ_BLOCK = 8 * 1024 * 1024  # bytes read at a time from a plain NDJSON file
 _FILE_NAME = re.compile(r"\.(ndjson|jsonl)(\.gz)?$")
 _TYPE_NAME = re.compile(r"^[A-Z][A-Za-z]{2,63}$")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -146,24 +147,36 @@ def _manifest_types(export_dir: Path) -> dict[str, str]:
 
 
 def open_lines(file: ExportFile, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-    """The raw lines of a file (or of the byte range [start, end) of a plain file), newline kept."""
+    """The raw lines of a file (or of the byte range [start, end) of a plain file)."""
     try:
         if file.compressed:
             with gzip.open(file.path, "rb") as fh:
                 yield from fh
             return
-        with file.path.open("rb") as fh:
-            fh.seek(start)
-            position = start
-            for line in fh:
-                if end is not None and position >= end:
-                    return
-                position += len(line)
-                yield line
+        yield from _plain_lines(file.path, start, end)
     except FileNotFoundError:
         raise ExportError(f"{file.path}: the file disappeared while being read") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise ExportError(f"{file.path}: not a readable gzip file ({exc})") from None
+
+
+def _plain_lines(path: Path, start: int, end: int | None) -> Iterator[bytes]:
+    """Lines (without their newline) read a block at a time: fewer Python steps a line than readline."""
+    with path.open("rb") as fh:
+        fh.seek(start)
+        remaining = None if end is None else end - start
+        carry = b""
+        while remaining is None or remaining > 0:
+            block = fh.read(READ_BLOCK if remaining is None else min(READ_BLOCK, remaining))
+            if not block:
+                break
+            if remaining is not None:
+                remaining -= len(block)
+            lines = (carry + block).split(b"\n")
+            carry = lines.pop()
+            yield from lines
+        if carry:
+            yield carry
 
 
 def numbered(file: ExportFile, lines: Iterator[bytes], first_line: int = 1) -> Iterator[tuple[int, bytes]]:
@@ -221,13 +234,21 @@ def classify(line: bytes, reading: Reading) -> tuple[str, bool, bool] | str:
 def has_code(resource: Mapping[str, Any], codes: frozenset[str]) -> bool:
     """Whether ``resource.code`` has a coding among these tokens (``system|code``, or a bare code)."""
     code = resource.get("code")
-    codings = code.get("coding") if isinstance(code, dict) else None
-    for coding in codings if isinstance(codings, list) else ():
-        if isinstance(coding, dict):
-            value = coding.get("code")
-            if f"{coding.get('system')}|{value}" in codes or str(value) in codes:
-                return True
+    codings = code.get("coding") if type(code) is dict else None
+    if type(codings) is not list:
+        return False
+    bare = _bare_codes(codes)
+    for coding in codings:
+        value = coding.get("code") if type(coding) is dict else None
+        # Most codings of a filtered type match nothing: the bare code is looked up before a token is built.
+        if type(value) is str and value in bare and (value in codes or f"{coding.get('system')}|{value}" in codes):
+            return True
     return False
+
+
+@functools.lru_cache(maxsize=64)
+def _bare_codes(codes: frozenset[str]) -> frozenset[str]:
+    return frozenset(token.rsplit("|", 1)[-1] for token in codes)
 
 
 def patient_of(resource: Mapping[str, Any]) -> str | None:

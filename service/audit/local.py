@@ -18,6 +18,7 @@ plus the parsed resources of one patient at a time) and the set of patient ids w
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import zlib
@@ -67,6 +68,7 @@ _WANTED: dict[Path, frozenset[bytes]] = {}  # the flagged-patients file, read on
 
 def _init_worker(context: AuditContext) -> None:
     _AUDITOR[:] = [Auditor(context, Evaluator.load())]
+    gc.freeze()  # the evaluator's tables live as long as the worker: keep them out of every collection
 
 
 def plan_chunks(files: list[ExportFile]) -> list[Chunk]:

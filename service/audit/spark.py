@@ -38,8 +38,7 @@ def run(files: list[ExportFile], context: AuditContext, *, master: str) -> tuple
     from pyspark.sql import SparkSession
 
     builder = (SparkSession.builder.master(master).appName("lumbar-mri-cds audit")
-               .config("spark.ui.enabled", "false")
-               .config("spark.sql.shuffle.partitions", "8"))
+               .config("spark.ui.enabled", "false"))
     if master.startswith("local"):
         # In local mode the Python workers are this interpreter, so they import this very package.
         builder = builder.config("spark.pyspark.python", sys.executable).config("spark.pyspark.driver.python", sys.executable)

@@ -115,7 +115,7 @@ def test_a_failed_export_exits_6_with_the_servers_diagnostics(capsys, tmp_path, 
 
 
 @pytest.mark.parametrize(("value", "seconds"), [(None, 2.0), ("3", 3.0), ("0", 0.0), ("-5", 0.0), ("100000", 300.0),
-                                                ("soon", 2.0)])
+                                                ("soon", 2.0), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)])
 def test_retry_after(value, seconds):
     assert bulk.retry_after(value) == seconds
 
