@@ -167,3 +167,33 @@ def test_the_progress_bar_draws_on_a_terminal_only(capsys):
 ])
 def test_the_resource_type_of_a_file_comes_from_its_name(name, kind):
     assert export.kind_from_name(name) == kind
+
+
+def test_outcomes_and_the_rate_count_only_orders_the_model_reviewed(capsys, tmp_path):
+    from tests import fhir
+    from tests.audit.conftest import write_ndjson
+
+    def order(oid: str, pid: str) -> dict:
+        out = fhir.mri_order("72148", oid=oid, pid=pid)
+        out.update(status="active", intent="order", authoredOn="2025-04-02T09:00:00Z",
+                   requester={"reference": "Practitioner/doc-1"})
+        return out
+
+    export_dir = tmp_path / "export"
+    write_ndjson(export_dir / "Patient.ndjson", [fhir.patient("adult", birth="1970-01-01"),
+                                                 fhir.patient("child", birth="2015-01-01")])
+    write_ndjson(export_dir / "Condition.ndjson", [fhir.condition("M54.50", onset="2025-03-30", pid=p)
+                                                   for p in ("adult", "child", "ghost")])
+    write_ndjson(export_dir / "ServiceRequest.ndjson", [order("o1", "adult"), order("o2", "child"), order("o3", "ghost")])
+    write_ndjson(export_dir / "Practitioner.ndjson", [{"resourceType": "Practitioner", "id": "doc-1",
+                                                       "name": [{"given": ["Ana"], "family": "Lopez"}]}])
+    code, _ = audit(capsys, export_dir, tmp_path / "out")
+    assert code == 0
+    rows = {r["outcome"]: r for r in read_csv(tmp_path / "out" / "orders.csv")}
+    assert set(rows) == {"decided", "not-adult", "data-unobtainable"}
+    assert rows["decided"]["rule"] == "acute-uncomplicated" and rows["decided"]["low_value"] == "true"
+    assert rows["not-adult"]["cards"] == "0" and rows["not-adult"]["rule"] == ""
+    assert rows["decided"]["requester_name"] == "Ana Lopez"
+    summary = read_summary(tmp_path / "out")
+    assert (summary["orders"], summary["reviewed"], summary["low_value"], summary["low_value_rate"]) == (3, 2, 1, 0.5)
+    assert summary["by_requester"]["Practitioner/doc-1"]["name"] == "Ana Lopez"
