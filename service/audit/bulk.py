@@ -132,6 +132,9 @@ class _Client:
             seen[kind] = seen.get(kind, 0) + 1
             target = dest / f"{kind}.{seen[kind]:03d}.ndjson"
             self._fetch_file(url, target, needs_token)
+        errors = manifest.get("error")
+        if isinstance(errors, list) and errors:
+            log(f"the server reported {len(errors)} error file(s) (OperationOutcome) with the export; not downloaded")
         log(f"downloaded {sum(seen.values())} export files into {dest}")
         return dest
 

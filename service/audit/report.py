@@ -62,6 +62,7 @@ def _totals(summary: dict[str, Any]) -> str:
         ("Reviewed by the decision model", str(summary["reviewed"])),
         ("Low value (rated not appropriate)", _pct(summary["low_value"], summary["reviewed"])),
         ("Cards the clinicians would have seen", str(summary["cards"])),
+        *((f"Outcome: {name}", str(count)) for name, count in summary["outcomes"].items() if count),
         ("Resources read", str(export.get("resources", 0))),
         ("Malformed lines skipped", str(export.get("bad_lines", 0))),
     ]
