@@ -12,8 +12,9 @@ Two passes over disk, never the whole export in memory:
    ``Auditor.audit_patient`` on each patient with an audited order.
 
 Memory is bounded by one partition per worker (at most ``PARTITION_BYTES`` of lines, about 48 MB,
-plus the parsed resources of one patient at a time) and the set of patient ids with an audited order
-(about 100 bytes an order), not by the export.
+plus the parsed resources of one patient at a time), and grows with the number of audited orders
+only (the ids of their patients, about 100 bytes each; their result rows, about 1 kB each, kept to
+be sorted and written), not with the export.
 """
 
 from __future__ import annotations
