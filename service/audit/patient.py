@@ -146,7 +146,7 @@ class Auditor:
             known = [r for r in by_type.get(query.kind, ())
                      if asof.known_at(r, at) and (not query.codes or has_code(r, query.codes))]
             if query.kind == "ServiceRequest":
-                known = [r for r in known if r is not order]  # the order is the draft, not yet in the record
+                known = [r for r in known if r.get("id") != order.get("id")]  # the order is the draft, not yet in the record
             if query.read:
                 if known:
                     prefetch[key] = known[0]
