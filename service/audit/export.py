@@ -18,6 +18,7 @@ import gzip
 import re
 import zlib
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
@@ -206,12 +207,14 @@ class Reading:
 _NOT_READ: Any = object()
 
 
-def classify(line: bytes, reading: Reading) -> tuple[str, bool, bool] | str:
+def classify(line: bytes, reading: Reading, wanted: AbstractSet[str] | None = None) -> tuple[str, bool, bool] | str:
     """(patient id, is an audited order, kept) of one line, or the reason it is bad.
 
     *kept* is False for a resource no prefetch template would return (an Observation whose code no
-    template asks for): it is counted but not written out. A blank line gives the empty reason ``""``
-    (not counted); a resource of a type the audit does not read gives ``"skip:<type>"``.
+    template asks for), and for a patient not in ``wanted`` when that is given (then the line is not
+    looked at further: *is an audited order* is False too); a line not kept is counted but not written
+    out. A blank line gives the empty reason ``""`` (not counted); a resource of a type the audit does
+    not read gives ``"skip:<type>"``.
     """
     # Runs on every line of the export: the common case first, without helper calls.
     try:
@@ -227,6 +230,8 @@ def classify(line: bytes, reading: Reading) -> tuple[str, bool, bool] | str:
     patient = patient_of(resource)
     if patient is None:
         return "no patient reference" if kind != "Patient" else "Patient without a valid id"
+    if wanted is not None and patient not in wanted:
+        return patient, False, False
     flagged = kind == "ServiceRequest" and audited_order(resource, reading) is not None
     return patient, flagged, codes is None or has_code(resource, codes)
 

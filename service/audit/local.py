@@ -58,13 +58,13 @@ class ChunkResult:
     index: int
     lines_seen: int            # every line of the chunk, blank ones included (for line numbers)
     stats: ReadStats           # bad-line numbers relative to the chunk's first line
-    flagged: frozenset[bytes]  # patients with an audited order in this chunk
+    flagged: frozenset[str]    # patients with an audited order in this chunk
 
 
 # One Auditor per worker process, set by the pool's initializer: a process pool hands work to
 # functions, not objects, so the per-process state lives here (as a WSGI worker holds its app).
 _AUDITOR: list[Auditor] = []
-_WANTED: dict[Path, frozenset[bytes]] = {}  # the flagged-patients file, read once per worker
+_WANTED: dict[Path, frozenset[str]] = {}  # the flagged-patients file, read once per worker
 
 
 def _init_worker(context: AuditContext) -> None:
@@ -119,7 +119,7 @@ def run(
                 if progress:
                     progress("partition", len(results), len(chunks))
             if only is None:
-                wanted.write_bytes(b"\n".join(sorted(frozenset().union(*(r.flagged for r in results)))))
+                wanted.write_text("\n".join(sorted(frozenset().union(*(r.flagged for r in results)))), "utf-8")
         _merge(stats, first + rest, results)
         for done, found in enumerate(pool.map(_audit_partition, [work_dir] * partitions, range(partitions)), 1):
             rows.extend(found)
@@ -145,7 +145,7 @@ def _partition(chunk: Chunk, work_dir: Path, partitions: int, wanted: Path | Non
     of the patients listed in ``wanted``, when given)."""
     reading = _AUDITOR[0].context.reading
     only = _wanted(wanted) if wanted is not None else None
-    flagged_here: set[bytes] = set()
+    flagged_here: set[str] = set()
     stats = ReadStats()
     folder = work_dir / f"chunk-{chunk.index:06d}"
     folder.mkdir(parents=True)
@@ -155,17 +155,17 @@ def _partition(chunk: Chunk, work_dir: Path, partitions: int, wanted: Path | Non
     try:
         for number, line in numbered(chunk.file, open_lines(chunk.file, chunk.start, chunk.end)):
             lines_seen = number
-            got = classify(line, reading)
+            got = classify(line, reading, only)
             if type(got) is str:
                 _count(stats, got, name, number)
                 continue
             patient, flagged, kept = got
             stats.lines += 1
             stats.resources += 1
-            key = patient.encode()
             if flagged:
-                flagged_here.add(key)
-            if kept and (only is None or key in only):
+                flagged_here.add(patient)
+            if kept:
+                key = patient.encode()
                 if not line.endswith(b"\n"):
                     line += b"\n"
                 outputs[zlib.crc32(key) % partitions].write((b"1" if flagged else b"0") + key + b"\t" + line)
@@ -175,10 +175,10 @@ def _partition(chunk: Chunk, work_dir: Path, partitions: int, wanted: Path | Non
     return ChunkResult(index=chunk.index, lines_seen=lines_seen, stats=stats, flagged=frozenset(flagged_here))
 
 
-def _wanted(path: Path) -> frozenset[bytes]:
+def _wanted(path: Path) -> frozenset[str]:
     if path not in _WANTED:
         _WANTED.clear()
-        _WANTED[path] = frozenset(path.read_bytes().split(b"\n"))
+        _WANTED[path] = frozenset(path.read_text("utf-8").split("\n"))
     return _WANTED[path]
 
 

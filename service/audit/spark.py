@@ -97,7 +97,7 @@ def _classify_partition(
     patients = wanted.value
     stats = ReadStats()
     for line, index in part:
-        got = classify(line, reading)
+        got = classify(line, reading, patients)
         if isinstance(got, str):
             if not got:
                 continue
@@ -110,7 +110,7 @@ def _classify_partition(
         patient, flagged, kept = got
         stats.lines += 1
         stats.resources += 1
-        if kept and patient in patients:
+        if kept:
             yield patient, (flagged, line)
     yield STATS_KEY, stats
 
