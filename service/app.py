@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+import sqlalchemy as sa
 from flask import Flask
 
 from service import config
@@ -13,6 +14,7 @@ from service import pipeline
 from service.intake import fhir_client
 from service.security import jwt as jwt_check
 from service.security import replay
+from service.security import signer
 from service.store import feedback
 from service.store import schema
 from service.web import errors as web_errors
@@ -46,9 +48,15 @@ class Services:
 
 
 def build_services(settings: config.Settings) -> Services:
-    """Load and check everything once, at start-up; raises ConfigError with a clear message."""
+    """Load and check everything once, at start-up; raises ConfigError (or StoreUnavailable, for a
+    database that cannot be reached) with a clear message."""
     engine = schema.create_engine(settings.database_url)
-    schema.create_schema(engine)
+    try:
+        schema.create_schema(engine)
+    except sa.exc.SQLAlchemyError as exc:
+        engine.dispose()
+        raise schema.unreachable(settings.database_url, exc) from None
+    signer.local_signer(settings)  # development: the local issuer's key exists before it is read
     return Services(
         settings=settings,
         engine=engine,
@@ -63,8 +71,9 @@ def build_services(settings: config.Settings) -> Services:
     )
 
 
-def create_app(settings: config.Settings | None = None) -> Flask:
-    """Create and configure an instance of the service."""
+def create_app(settings: config.Settings | None = None, *, announce: bool = True) -> Flask:
+    """Create and configure an instance of the service (``announce=False``: `serve` has already
+    printed the development warning once, in the master, rather than once per worker)."""
     if settings is None:
         settings = config.load_settings(config.config_path(os.environ), os.environ)
     app = Flask(__name__)
@@ -77,12 +86,19 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     limits.register(app)
     routes.register(app)
     openapi.register(app, settings.public_base_url)
+    if announce:
+        warn_development(settings)
+    return app
+
+
+def warn_development(settings: config.Settings) -> None:
+    """Say, in the development profile, that real patient data must not come here."""
     if settings.profile is config.Profile.DEVELOPMENT:
         log.warning(
             "DEVELOPMENT PROFILE: trusting the public CDS Hooks sandbox issuer, whose signing key is "
-            "public. Do not send real patient data to this service."
+            "public, and the local issuer of `lumbar-mri-cds call`. Do not send real patient data to "
+            "this service."
         )
-    return app
 
 
 def services_of(app: Flask) -> Services:

@@ -1,4 +1,4 @@
-"""The `lumbar-mri-cds` command: serve, evaluate, report, check-config.
+"""The `lumbar-mri-cds` command: serve, evaluate, call, report, check-config.
 
 Errors become exit codes in one place (``main``), as click's ``Command.main`` does; the codes are
 fixed and tested: 0 ok, 1 unexpected, 2 configuration, 3 invalid request, 4 data unobtainable,
@@ -7,9 +7,13 @@ fixed and tested: 0 ok, 1 unexpected, 2 configuration, 3 invalid request, 4 data
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import MutableMapping
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -53,10 +57,34 @@ cli.add_command(security_report.check_config)
 @config_option
 def serve(host: str, port: int, workers: int, config_file: Path | None) -> None:
     """Run the service under gunicorn in the foreground (stops cleanly on SIGTERM/SIGINT)."""
-    from service import server  # gunicorn is imported only to serve
-
     settings = load(config_file)
+    metrics_dir_for_workers(os.environ)
+    from service import server  # gunicorn (and prometheus-client, see above) imported only now
+
     server.run(settings, host=host, port=port, workers=workers)
+
+
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def metrics_dir_for_workers(environ: MutableMapping[str, str]) -> None:
+    """Give the workers a shared Prometheus directory, so /metrics adds up all of them.
+
+    Without ${METRICS_ENV} set, a fresh private directory is made and removed when `serve` ends.
+    prometheus-client decides between per-process and file-backed counters when it is imported,
+    which is why this runs before anything imports it.
+    """
+    if environ.get(METRICS_ENV):
+        return
+    directory = tempfile.mkdtemp(prefix="lumbar-mri-cds-metrics-")
+    environ[METRICS_ENV] = directory
+    master = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == master:  # forked workers inherit this handler: only the master cleans up
+            shutil.rmtree(directory, ignore_errors=True)
+
+    atexit.register(remove)
 
 
 @cli.command()
@@ -81,6 +109,31 @@ def evaluate(request_file: Path, as_json: bool, today: Any) -> None:
         click.echo(orjson.dumps(evaluation.response, option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(text.render_text(evaluation.response, orders_reviewed=evaluation.orders_reviewed))
+
+
+@cli.command("call")
+@click.argument("request_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="base URL of the running service")
+@click.option("--json", "as_json", is_flag=True, help="print the raw CDS Hooks response")
+@click.option("--as-of", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="the day the request's story is written for: its dates are moved so that this day is today "
+                   "(the fixtures: 2026-11-26)")
+@config_option
+def call_command(request_file: Path, url: str, as_json: bool, as_of: Any, config_file: Path | None) -> None:
+    """Send one request file to a running service, signed as the development profile's local issuer,
+    with a fresh hookInstance; print the answer as `evaluate` does."""
+    from service import client
+    from service.intake import envelope
+    from service.render import text
+
+    data = envelope.parse_json(request_file.read_bytes())
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"{request_file}: not a CDS Hooks request (a JSON object)")
+    result = client.call(data, base_url=url, settings=load(config_file), as_of=as_of.date() if as_of else None)
+    if as_json:
+        click.echo(orjson.dumps(result.response, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(text.render_text(result.response, orders_reviewed=None))
 
 
 @cli.command()

@@ -27,6 +27,16 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 # (cds-hooks-notes.md, "The CDS Hooks sandbox as a client"): trusted in development only.
 SANDBOX_ISSUER = "https://sandbox.cds-hooks.org"
 SANDBOX_JWKS_URL = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
+# Its public key, shipped with the package (public members only, from keys/jwk-keypair.json of
+# github.com/cds-hooks/sandbox): the development profile verifies sandbox tokens whose `jku` is
+# SANDBOX_JWKS_URL with it, offline and behind proxies; the URL is fetched only for another `kid`.
+SANDBOX_JWKS_FILE = Path(__file__).resolve().parent / "security" / "sandbox-jwks.json"
+
+# The development profile's own issuer: `lumbar-mri-cds call` signs with a key created on first use
+# in the data directory (security/signer.py); its public half there is this issuer's jwks_file.
+# Never trusted in production.
+LOCAL_ISSUER = "urn:lumbar-mri-cds:local-cli"
+LOCAL_JWKS_FILE = "local-issuer.jwks.json"
 
 
 class Profile(StrEnum):
@@ -37,8 +47,9 @@ class Profile(StrEnum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IssuerSettings:
     iss: str                            # the exact `iss` claim of the EHR's tokens
-    jwks_file: Path | None = None       # a JWKS on disk
+    jwks_file: Path | None = None       # a JWKS on disk; a token's `jku` is then ignored
     jwks_url: str | None = None         # a JWKS over HTTP(S); a token's `jku` is honoured only if equal
+                                        # (both: built-in sandbox issuer only, the file's keys first)
     fhir_servers: tuple[str, ...] = ()  # FHIR bases this issuer's access tokens may be sent to
     any_fhir_server: bool = False       # development only: accept any fhirServer from this issuer
     tenants: tuple[str, ...] = ()       # when set, the token's `tenant` must be one of these
@@ -138,7 +149,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
         profile=profile,
         public_base_url=_optional_url(raw, "public_base_url", where),
         database_url=_database_url(raw, base_dir, environ, where),
-        issuers=_issuers(raw, base_dir, profile, where),
+        issuers=_issuers(raw, base_dir, profile, where, default_data_dir(environ)),
         cors=_cors(raw, profile, where),
         fhir=_section(FhirSettings, raw, "fhir", where),
         limits=_section(LimitsSettings, raw, "limits", where),
@@ -220,7 +231,7 @@ def _database_url(raw: Mapping[str, Any], base_dir: Path, environ: Mapping[str, 
     return value
 
 
-def _issuers(raw: Mapping[str, Any], base_dir: Path, profile: Profile, where: str) -> tuple[IssuerSettings, ...]:
+def _issuers(raw: Mapping[str, Any], base_dir: Path, profile: Profile, where: str, data_dir: Path) -> tuple[IssuerSettings, ...]:
     entries = raw.get("issuers", [])
     if not isinstance(entries, list):
         raise ConfigError(f"{where}: [[issuers]] must be an array of tables")
@@ -230,8 +241,16 @@ def _issuers(raw: Mapping[str, Any], base_dir: Path, profile: Profile, where: st
     if repeated:
         raise ConfigError(f"{where}: issuer(s) configured more than once: {', '.join(repeated)}")
     if profile is Profile.DEVELOPMENT and not any(i.iss == SANDBOX_ISSUER for i in issuers):
-        issuers.append(IssuerSettings(iss=SANDBOX_ISSUER, jwks_url=SANDBOX_JWKS_URL, any_fhir_server=True))
+        issuers.append(IssuerSettings(iss=SANDBOX_ISSUER, jwks_url=SANDBOX_JWKS_URL, jwks_file=SANDBOX_JWKS_FILE,
+                                      any_fhir_server=True))
+    if profile is Profile.DEVELOPMENT and not any(i.iss == LOCAL_ISSUER for i in issuers):
+        issuers.append(local_issuer(data_dir))
     return tuple(issuers)
+
+
+def local_issuer(data_dir: Path) -> IssuerSettings:
+    """The development profile's local issuer (`lumbar-mri-cds call`), keys in `data_dir`."""
+    return IssuerSettings(iss=LOCAL_ISSUER, jwks_file=data_dir / LOCAL_JWKS_FILE, any_fhir_server=True)
 
 
 def _issuer(entry: Any, n: int, base_dir: Path, where: str) -> IssuerSettings:
@@ -310,6 +329,11 @@ def _validate(settings: Settings, where: str) -> None:
     if settings.profile is Profile.PRODUCTION:
         if not settings.issuers:
             raise ConfigError(f"{where}: the production profile needs at least one [[issuers]] entry")
+        if settings.issuer(LOCAL_ISSUER):
+            raise ConfigError(
+                f"{where}: the production profile refuses the local issuer {LOCAL_ISSUER} "
+                "(lumbar-mri-cds call; development only)"
+            )
         if settings.issuer(SANDBOX_ISSUER):
             raise ConfigError(
                 f"{where}: the production profile refuses the CDS Hooks sandbox issuer "

@@ -42,12 +42,20 @@ def test_fixture_over_real_http(server, signer, name, rules):
     assert [c["source"]["topic"]["code"] for c in response.json()["cards"]] == rules
 
 
-@pytest.mark.parametrize("name", ["sandbox-empty-order", "sandbox-medication-order", "sandbox-dstu2-medication-order", "sandbox-no-draft-orders"])
+@pytest.mark.parametrize("name", ["sandbox-empty-order", "sandbox-medication-order", "sandbox-dstu2-medication-order"])
 def test_sandbox_shapes_over_real_http(server, signer, name):
     base, _ = server
     response = call(base, signer, "/cds-services/order-select", fhir.load_request(name), Origin="https://sandbox.cds-hooks.org")
     assert response.status_code == 200
     assert response.json() == {"cards": []}
+
+
+def test_order_select_without_selections_from_an_ehr_is_a_400(server, signer):
+    """Only the sandbox's own tokens get the empty answer for this shape (tests/web/test_hooks.py)."""
+    base, _ = server
+    response = call(base, signer, "/cds-services/order-select", fhir.load_request("sandbox-no-draft-orders"))
+    assert response.status_code == 400
+    assert response.json()["issue"][0]["expression"] == ["context.selections"]
 
 
 def test_discovery_and_token_checks_over_real_http(server, signer):

@@ -12,6 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from service.errors import ConfigError
+from service.errors import StoreUnavailable
 
 SCHEMA_VERSION = 1
 
@@ -95,6 +96,21 @@ def create_engine(database_url: str, *, power_safe: bool = True) -> sa.Engine:
         return engine
     except (sa.exc.ArgumentError, ImportError, ValueError) as exc:
         raise ConfigError(f"database_url is not usable: {exc}") from None
+
+
+def masked_url(database_url: str) -> str:
+    """The database URL with its password replaced by ***, for messages and check-config."""
+    try:
+        return sa.engine.make_url(database_url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(not a valid database URL)"
+
+
+def unreachable(database_url: str, exc: sa.exc.SQLAlchemyError) -> StoreUnavailable:
+    """A short StoreUnavailable for a database that cannot be used: which one, and the driver's first
+    line (never a traceback; driver messages name host and port, never the password)."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return StoreUnavailable(f"the database {masked_url(database_url)} cannot be used: {reason}")
 
 
 def _postgresql_fast(dbapi_connection: Any, _record: Any) -> None:

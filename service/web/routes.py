@@ -19,6 +19,7 @@ from flask import request
 from werkzeug.exceptions import UnsupportedMediaType
 
 from service import app as app_module
+from service import config
 from service.errors import StoreUnavailable
 from service.errors import UnknownService
 from service.intake import envelope
@@ -72,7 +73,10 @@ def call_service(service_id: str) -> Response:
     if not request.is_json:
         raise UnsupportedMediaType("the body must be JSON (Content-Type: application/json)")
     data = envelope.parse_json(request.get_data(cache=False), services.settings.limits)
-    g.hook_request = hook_request = envelope.parse_request(data, hook=spec.hook)
+    # The sandbox (trusted in development only) sends one order-select call without selections and
+    # draftOrders on purpose; from anyone else that is a 400 (intake/envelope.py).
+    from_sandbox = claims.iss == config.SANDBOX_ISSUER
+    g.hook_request = hook_request = envelope.parse_request(data, hook=spec.hook, sandbox_quirks=from_sandbox)
     fetch = observability.counted(_fetcher(services, hook_request, claims, started))
     g.evaluation = evaluation = services.evaluator.evaluate(hook_request, date.today(), fetch)
     if evaluation.cards:
