@@ -7,17 +7,16 @@ its dates moved so that the day its story is written for becomes today.
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import date
-from datetime import timedelta
 from typing import Any
 
 import requests
 
 from service import config
 from service import errors
+from service.facts.dates import shift_dates
 from service.pipeline import SERVICES
 from service.security import signer as signer_mod
 
@@ -82,24 +81,3 @@ def _failure(url: str, answer: requests.Response) -> errors.ServiceError:
         detail, expression = answer.text[:300], None
     cls = _BY_STATUS.get(answer.status_code, errors.ServiceError)
     return cls(f"{url} answered {answer.status_code}: {detail}", expression=expression)
-
-
-_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
-
-
-def shift_dates(value: Any, days: int) -> Any:
-    """A copy of `value` with every YYYY-MM-DD date that starts a string moved by `days` (keeps a
-    story's intervals: an episode of 14 days stays 14 days long)."""
-    if isinstance(value, dict):
-        return {k: shift_dates(v, days) for k, v in value.items()}
-    if isinstance(value, list):
-        return [shift_dates(v, days) for v in value]
-    if isinstance(value, str) and days:
-        match = _DATE.match(value)
-        if match:
-            try:
-                moved = date(int(match[1]), int(match[2]), int(match[3])) + timedelta(days=days)
-            except ValueError:
-                return value
-            return moved.isoformat() + value[10:]
-    return value

@@ -8,6 +8,7 @@ are resolved against the file's own directory, never against the working directo
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 from urllib.parse import urlsplit
 
 from service.errors import ConfigError
@@ -110,6 +112,9 @@ class Settings:
         for url in _plain_http_urls(self):
             notes.append(f"plain http:// URL configured: {url}")
         for issuer in self.issuers:
+            if _placeholder(issuer.iss):
+                notes.append(f"issuer {issuer.iss} is a placeholder (a reserved example domain): replace it with "
+                             "your EHR's issuer and keys, or no real call will be accepted")
             if issuer.any_fhir_server:
                 notes.append(f"issuer {issuer.iss}: its access tokens may be sent to any fhirServer it names")
             elif not issuer.fhir_servers:
@@ -117,6 +122,15 @@ class Settings:
         if self.cors.any_origin:
             notes.append("CORS: any origin may call this service from a browser")
         return notes
+
+
+# Domains reserved for examples and tests (RFC 2606, RFC 6761): an issuer there is a placeholder.
+_RESERVED_SUFFIXES = (".example", ".test", ".invalid", ".localhost", "example.com", "example.org", "example.net")
+
+
+def _placeholder(iss: str) -> bool:
+    host = (urlsplit(iss).hostname or "").rstrip(".")
+    return any(host == s.lstrip(".") or host.endswith("." + s.lstrip(".")) for s in _RESERVED_SUFFIXES)
 
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -178,6 +192,7 @@ _ENV_OVERRIDES: dict[str, tuple[str | None, str, type]] = {
     "PROFILE": (None, "profile", str),
     "PUBLIC_BASE_URL": (None, "public_base_url", str),
     "DATABASE_URL": (None, "database_url", str),
+    "DATABASE_PASSWORD": (None, "database_password", str),
     "LOG_LEVEL": (None, "log_level", str),
     "PATIENT_HASH_SALT": (None, "patient_hash_salt", str),
     "CORS_ALLOW_ORIGINS": ("cors", "allow_origins", list),
@@ -219,6 +234,9 @@ def _database_url(raw: Mapping[str, Any], base_dir: Path, environ: Mapping[str, 
         return f"sqlite:///{default_data_dir(environ) / 'lumbar-mri-cds.db'}"
     if not isinstance(value, str) or "://" not in value:
         raise ConfigError(f"{where}: database_url must be a URL such as sqlite:///path or postgresql://…")
+    if raw.get("database_password") is not None:
+        value = _with_password(value, str(raw["database_password"]), where)
+    _check_userinfo(value, where)
     if value in ("sqlite://", "sqlite:///:memory:"):
         # Each SQLite connection would get a database of its own: the card writer thread, the replay
         # cache and every worker would see empty databases without tables.
@@ -229,6 +247,32 @@ def _database_url(raw: Mapping[str, Any], base_dir: Path, environ: Mapping[str, 
         # sqlite:///relative.db: relative to the configuration file, not to the working directory
         value = prefix + str(base_dir / value[len(prefix):])
     return value
+
+
+def _with_password(url: str, password: str, where: str) -> str:
+    """The URL with this password, percent-encoded (any character may appear in a password)."""
+    scheme, rest = url.split("://", 1)
+    authority, slash, path = rest.partition("/")
+    user = authority.rpartition("@")[0].partition(":")[0]
+    host = authority.rpartition("@")[2]
+    if not user or scheme.startswith("sqlite"):
+        raise ConfigError(f"{where}: database_password needs a database_url with a user name, e.g. postgresql://cds@host/db")
+    return f"{scheme}://{user}:{quote(password, safe='')}@{host}{slash}{path}"
+
+
+def _check_userinfo(url: str, where: str) -> None:
+    """ConfigError for a user or password pasted into the URL unescaped: '@', '/', '?', '#' or a bare
+    '%' would make it name another host or database, or another password."""
+    rest = url.split("://", 1)[1]
+    if url.startswith("sqlite") or "@" not in rest:
+        return
+    userinfo = rest.rpartition("@")[0]  # up to the last '@': the host part never holds one
+    if re.search(r"[@/?#]|%(?![0-9A-Fa-f]{2})", userinfo):
+        raise ConfigError(
+            f"{where}: database_url: the user or password holds a character that must be percent-encoded "
+            "('@' '/' '?' '#' '%'); encode it (urllib.parse.quote(password, safe='')) or give the password "
+            f"alone as {ENV_PREFIX}DATABASE_PASSWORD"
+        )
 
 
 def _issuers(raw: Mapping[str, Any], base_dir: Path, profile: Profile, where: str, data_dir: Path) -> tuple[IssuerSettings, ...]:

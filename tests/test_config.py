@@ -74,7 +74,13 @@ def test_production_example_loads(tmp_path, ehr_jwks):
     assert issuer.jwks_file == ehr_jwks  # relative to the configuration file, not the cwd
     assert issuer.tenants == ("hospital-a",)
     assert settings.cors.allow_origins == ("https://sandbox.cds-hooks.org",)
-    assert settings.warnings() == []
+    # ehr.example.org is a reserved example domain: the only thing check-config would point out
+    assert settings.warnings() == [
+        "issuer https://ehr.example.org is a placeholder (a reserved example domain): replace it with your "
+        "EHR's issuer and keys, or no real call will be accepted"
+    ]
+    real = config.load_settings(write(tmp_path, PRODUCTION.replace("ehr.example.org", "ehr.hospital-a.org")), {})
+    assert real.warnings() == []
 
 
 def test_production_without_a_salt_is_pointed_out(tmp_path, ehr_jwks):
@@ -192,7 +198,7 @@ def test_check_config_production(runner, tmp_path, ehr_jwks):
     assert "tenants: hospital-a" in out
     assert "CORS origins: https://sandbox.cds-hooks.org" in out
     assert "postgresql://cds:***@db.example.org/cds" in out and "s3cret" not in out
-    assert "warnings: none" in out
+    assert "is a placeholder" in out
 
 
 def test_check_config_reads_the_environment_variable(runner, tmp_path, ehr_jwks):
