@@ -118,8 +118,10 @@ def evaluate(request_file: Path, as_json: bool, today: Any) -> None:
 @click.option("--as-of", type=click.DateTime(formats=["%Y-%m-%d"]),
               help="the day the request's story is written for: its dates are moved so that this day is today "
                    "(the fixtures: 2026-11-26)")
+@click.option("--curl", "as_curl", is_flag=True,
+              help="print the equivalent curl command (a token valid 5 minutes, the file as it is) instead of calling")
 @config_option
-def call_command(request_file: Path, url: str, as_json: bool, as_of: Any, config_file: Path | None) -> None:
+def call_command(request_file: Path, url: str, as_json: bool, as_of: Any, as_curl: bool, config_file: Path | None) -> None:
     """Send one request file to a running service, signed as the development profile's local issuer,
     with a fresh hookInstance; print the answer as `evaluate` does."""
     from service import client
@@ -129,6 +131,11 @@ def call_command(request_file: Path, url: str, as_json: bool, as_of: Any, config
     data = envelope.parse_json(request_file.read_bytes())
     if not isinstance(data, dict):
         raise InvalidRequest(f"{request_file}: not a CDS Hooks request (a JSON object)")
+    if as_curl:
+        if as_of:
+            raise click.UsageError("--curl sends the file as it is: it cannot be combined with --as-of")
+        click.echo(client.curl_command(data, request_file, base_url=url, settings=load(config_file)))
+        return
     result = client.call(data, base_url=url, settings=load(config_file), as_of=as_of.date() if as_of else None)
     if as_json:
         click.echo(orjson.dumps(result.response, option=orjson.OPT_INDENT_2).decode())

@@ -7,9 +7,11 @@ its dates moved so that the day its story is written for becomes today.
 
 from __future__ import annotations
 
+import shlex
 import uuid
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -42,19 +44,38 @@ def service_for(data: Any) -> str:
     return spec.id
 
 
-def call(data: dict[str, Any], *, base_url: str, settings: config.Settings, as_of: date | None = None) -> CallResult:
-    """Post `data` to the service at `base_url`, signed as the local issuer; the 200 answer, or the
-    error class of the HTTP status with the server's message."""
+def _local_signer(settings: config.Settings) -> signer_mod.Signer:
     signer = signer_mod.local_signer(settings)
     if signer is None:
         raise errors.ConfigError(
             f"`call` signs as the development profile's local issuer; {settings.source or 'this configuration'} "
             f"is the {settings.profile} profile, which never trusts it (sign with your EHR's key instead)"
         )
-    body = {**(shift_dates(data, (date.today() - as_of).days) if as_of else data), "hookInstance": str(uuid.uuid4())}
+    return signer
+
+
+def _target(data: dict[str, Any], base_url: str, settings: config.Settings) -> tuple[str, str]:
+    """The URL to post to, and the token's audience (public_base_url, when set, + the same path)."""
     path = f"/cds-services/{service_for(data)}"
-    url = base_url.rstrip("/") + path
-    audience = (settings.public_base_url or base_url.rstrip("/")) + path
+    return base_url.rstrip("/") + path, (settings.public_base_url or base_url.rstrip("/")) + path
+
+
+def curl_command(data: dict[str, Any], request_file: Path, *, base_url: str, settings: config.Settings) -> str:
+    """The curl command that makes the same call with the file as it is (the token lives 5 minutes)."""
+    url, audience = _target(data, base_url, settings)
+    token = _local_signer(settings).token(audience)
+    return shlex.join([
+        "curl", "-sS", "-X", "POST", url, "-H", f"Authorization: Bearer {token}",
+        "-H", "Content-Type: application/json", "--data-binary", f"@{request_file}",
+    ])
+
+
+def call(data: dict[str, Any], *, base_url: str, settings: config.Settings, as_of: date | None = None) -> CallResult:
+    """Post `data` to the service at `base_url`, signed as the local issuer; the 200 answer, or the
+    error class of the HTTP status with the server's message."""
+    signer = _local_signer(settings)
+    body = {**(shift_dates(data, (date.today() - as_of).days) if as_of else data), "hookInstance": str(uuid.uuid4())}
+    url, audience = _target(data, base_url, settings)
     try:
         answer = requests.post(url, json=body, headers=signer.headers(audience), timeout=TIMEOUT_SECONDS)
     except requests.RequestException as exc:

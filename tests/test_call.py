@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -115,3 +116,17 @@ def test_the_development_warning_is_printed_once_not_per_worker(dev_server):
     assert requests.get(base + "/healthz", timeout=5).status_code == 200  # both workers are up by now
     output = process.output()
     assert output.count("DEVELOPMENT PROFILE") == 1, output[-3000:]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_call_curl_prints_a_command_that_makes_the_same_call(dev_server):
+    import shlex
+
+    base, _, env, _ = dev_server
+    result = cli("call", str(FIXTURE), "--url", base, "--curl", env=env)
+    assert result.returncode == 0, result.stderr
+    command = shlex.split(result.stdout)
+    assert command[:5] == ["curl", "-sS", "-X", "POST", base + "/cds-services/order-select"]
+    answered = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert answered.returncode == 0, answered.stderr
+    assert "cards" in json.loads(answered.stdout)  # the file's own dates: the card depends on today
