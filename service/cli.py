@@ -15,6 +15,9 @@ import sys
 import tempfile
 from collections.abc import MutableMapping
 from datetime import date
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 
@@ -150,28 +153,40 @@ def call_command(request_file: Path, url: str, as_json: bool, as_of: Any, as_cur
 @click.option("--until", type=click.DateTime(formats=["%Y-%m-%d"]), help="cards issued on or before this date (UTC)")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True, path_type=Path),
               help="also write an HTML report with weekly charts to this file")
-def report(config_file: Path | None, as_json: bool, since: Any, until: Any, html_file: Path | None) -> None:
+@click.option("--dedup-minutes", type=click.FloatRange(min=0), default=10, show_default=True,
+              help="a card re-fired for the same patient, rule and service within this many minutes counts once "
+                   "(0: every card counts)")
+def report(config_file: Path | None, as_json: bool, since: Any, until: Any, html_file: Path | None,
+           dedup_minutes: float) -> None:
     """Card and feedback analytics per rule: cards issued, accepted, overridden, override reasons."""
     import sqlalchemy as sa
 
+    from service.rules import table as rule_table
     from service.store import report as store_report
     from service.store import schema
 
     since_day, until_day = (since.date() if since else None), (until.date() if until else None)
-    engine = schema.create_engine(load(config_file).database_url)
+    if since_day and until_day and since_day > until_day:
+        raise click.UsageError(f"--since {since_day} is after --until {until_day}: the period would be empty")
+    database_url = load(config_file).database_url
+    scope = store_report.Scope(
+        database=schema.masked_url(database_url), since=since_day, until=until_day,
+        generated_at=datetime.now(timezone.utc), dedup=timedelta(minutes=dedup_minutes),
+        labels={r.code: r.display for r in rule_table.load_table().override_reasons},
+    )
+    engine = schema.open_existing(database_url)  # never creates an empty store to report on
     try:
-        schema.create_schema(engine)  # a fresh database reports zeros rather than failing
-        result = store_report.build_report(engine, since=since_day, until=until_day)
+        result = store_report.build_report(engine, since=since_day, until=until_day, dedup=scope.dedup)
         if html_file is not None:
-            html_file.write_text(store_report.render_html(engine, result, since=since_day, until=until_day), "utf-8")
+            html_file.write_text(store_report.render_html(engine, result, scope), "utf-8")
     except sa.exc.SQLAlchemyError as exc:
-        raise StoreUnavailable(f"the store is not reachable ({type(exc).__name__})") from None
+        raise schema.unreachable(database_url, exc) from None
     finally:
         engine.dispose()
     if as_json:
-        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        click.echo(orjson.dumps({**scope.as_json(), **result}, option=orjson.OPT_INDENT_2).decode())
     else:
-        click.echo(store_report.render_text(result, since=since_day, until=until_day), nl=False)
+        click.echo(store_report.render_text(result, scope), nl=False)
 
 
 def main(argv: list[str] | None = None) -> None:

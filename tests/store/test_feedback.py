@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from datetime import datetime
+from datetime import timedelta
 from datetime import timezone
 
 import pytest
@@ -17,6 +18,8 @@ from service.store import feedback
 from service.store import report
 from service.store import schema
 from tests.store import databases
+
+NO_DEDUP = timedelta(0)  # every card its own decision: these tests are about feedback, not re-fires (test_report.py)
 
 
 @pytest.fixture(params=databases.KINDS)
@@ -100,14 +103,15 @@ def test_round_trip(engine, store):
     a, b, c = issue(store), issue(store), issue(store, rule_id="no-indication")
     stored = store.record_feedback("order-select", {"feedback": [accepted(a), overridden(b), overridden(c, comment="ok")]})
     assert stored == 3
-    assert report.build_report(engine) == {
+    assert report.build_report(engine, dedup=NO_DEDUP) == {
         "rules": {
-            "acute-uncomplicated": {"cards": 2, "accepted": 1, "overridden": 1,
+            "acute-uncomplicated": {"cards": 2, "refires": 0, "accepted": 1, "overridden": 1,
                                     "override_reasons": {"patient-preference": 1}, "acceptance_rate": 0.5},
-            "no-indication": {"cards": 1, "accepted": 0, "overridden": 1,
+            "no-indication": {"cards": 1, "refires": 0, "accepted": 0, "overridden": 1,
                               "override_reasons": {"patient-preference": 1}, "acceptance_rate": 0.0},
         },
         "cards_total": 3,
+        "refires_total": 0,
         "feedback_total": 3,
     }
 
@@ -268,7 +272,7 @@ def test_concurrent_feedback_is_all_counted(engine, store):
         w.join()
     assert failures == []
     assert count(engine, schema.feedback) == threads * posts
-    result = report.build_report(engine)
+    result = report.build_report(engine, dedup=NO_DEDUP)
     assert result["cards_total"] == result["feedback_total"] == threads * posts
     assert sum(r["accepted"] for r in result["rules"].values()) == threads * 13
     assert sum(r["overridden"] for r in result["rules"].values()) == threads * 12
@@ -302,7 +306,7 @@ def test_restart_loses_nothing(database_url):
     schema.create_schema(engine)  # a second start on an existing schema changes nothing
     second = feedback.CardStore(engine, salt="s")
     try:
-        result = report.build_report(engine)
+        result = report.build_report(engine, dedup=NO_DEDUP)
         assert (result["cards_total"], result["feedback_total"]) == (5, 3)
         # Cards issued before the restart still take feedback.
         assert second.record_feedback("order-select", {"feedback": [overridden(cards[4])]}) == 1
