@@ -40,7 +40,7 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
 def worker_app(factory: Callable[[], Any]) -> Any:
     """Build a worker's app, then move what start-up allocated (modules, schemas, value sets, card
     content) out of the garbage collector's reach: its full collections then scan only what
-    requests allocate (they cost about 0.1 ms a call before; benchmarks/README.md)."""
+    requests allocate (benchmarks/README.md)."""
     app = factory()
     gc.collect()
     gc.freeze()
@@ -58,8 +58,8 @@ def run(settings: config.Settings, *, host: str, port: int, workers: int) -> Non
     # Check everything that can fail (card content, value sets, database, keys, the port) in the
     # master, so a bad configuration stops the command with a short message instead of a traceback
     # or a crash loop of workers.
-    from service.app import build_services
     from service.app import warn_development
+    from service.services import build_services
 
     check_address(host, port)
     build_services(settings).close()
