@@ -152,7 +152,12 @@ def test_feedback_fields_are_stored(engine, store):
 BAD_ITEMS = {
     "missing outcome": (lambda c, o: {k: v for k, v in accepted(c).items() if k != "outcome"}, "feedback[1].outcome"),
     "outcome maybe": (lambda c, o: {**accepted(c), "outcome": "maybe"}, "feedback[1].outcome"),
-    "unknown card": (lambda c, o: {**accepted(c), "card": str(uuid.uuid4()), "acceptedSuggestions": []}, "feedback[1].card"),
+    "unknown card": (lambda c, o: {**accepted(c), "card": str(uuid.uuid4())}, "feedback[1].card"),
+    # CDS Hooks 2.0: acceptedSuggestions is "Required for `accepted` outcomes"
+    "accepted without suggestions": (lambda c, o: {k: v for k, v in accepted(c).items() if k != "acceptedSuggestions"},
+                                     "feedback[1].acceptedSuggestions"),
+    "accepted with no suggestion": (lambda c, o: {**accepted(c), "acceptedSuggestions": []},
+                                    "feedback[1].acceptedSuggestions"),
     "card of another service": (lambda c, o: accepted(o), "feedback[1].card"),
     "suggestion of another card": (
         lambda c, o: {**accepted(c), "acceptedSuggestions": [{"id": str(uuid.uuid4())}]},
@@ -412,7 +417,7 @@ def test_unknown_card_waits_about_a_second(engine):
         started = time.perf_counter()
         with pytest.raises(errors.InvalidRequest, match="unknown card"):
             record_feedback(store, "order-select", {"feedback": [
-                {"card": str(uuid.uuid4()), "outcome": "accepted", "outcomeTimestamp": "2025-03-03T10:00:00Z"}]})
+                {"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": "2025-03-03T10:00:00Z"}]})
         assert 0.9 <= time.perf_counter() - started < 3
     finally:
         store.close()

@@ -61,6 +61,8 @@ def issue(store, rule_id="acute-uncomplicated", *, on=None, clock=None, patient=
 
 def give(store, card, outcome, at="2025-03-03T10:00:00Z", code=None):
     item = {"card": card.card_uuid, "outcome": outcome, "outcomeTimestamp": at}
+    if outcome == "accepted":
+        item["acceptedSuggestions"] = [{"id": card.suggestion_uuids[0]}]
     if code is not None:
         item["overrideReason"] = {"reason": {"code": code, "system": "http://example.org/o"}}
     record_feedback(store, "order-select", {"feedback": [item]})

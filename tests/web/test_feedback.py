@@ -190,3 +190,18 @@ def test_concurrent_posts_are_all_counted(app, signer, services):
     result = report.build_report(services.engine, dedup=NO_DEDUP)
     assert (result["cards_total"], result["feedback_total"]) == (threads * posts, threads * posts)
     assert result["rules"]["acute-uncomplicated"]["accepted"] == threads * 13
+
+
+@pytest.mark.parametrize("suggestions", [None, []], ids=["absent", "empty"])
+def test_accepted_without_accepted_suggestions_is_refused(client, signer, services, suggestions):
+    """CDS Hooks 2.0: acceptedSuggestions is "Required for `accepted` outcomes"."""
+    card = issue(services)
+    entry = {k: v for k, v in item(card).items() if k != "acceptedSuggestions"}
+    if suggestions is not None:
+        entry["acceptedSuggestions"] = suggestions
+    answer = client.post(PATH, json={"feedback": [entry]}, headers=signer.headers(PATH))
+    assert answer.status_code == 400
+    issue_ = answer.get_json()["issue"][0]
+    assert issue_["expression"] == ["feedback[0].acceptedSuggestions"]
+    assert "is required when outcome is 'accepted'" in issue_["diagnostics"]
+    assert stored(services) == 0
