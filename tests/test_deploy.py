@@ -283,3 +283,12 @@ def test_seed_reports_a_fhir_server_that_never_answers(tmp_path):
                             capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 1
     assert "did not answer within 1 s" in result.stderr
+
+
+def test_the_quick_starts_virtual_environment_is_ignored_by_git():
+    """The README's quick start makes .venv in the clone; `git status` must not list it."""
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert ".venv/" in ignored or ".venv" in ignored
+    if shutil.which("git") and (ROOT / ".git").exists():
+        check = subprocess.run(["git", "check-ignore", "-q", ".venv/bin/python"], cwd=ROOT)
+        assert check.returncode == 0
