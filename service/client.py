@@ -82,9 +82,15 @@ def call(data: dict[str, Any], *, base_url: str, settings: config.Settings, as_o
         raise errors.ServiceError(
             f"no answer from {url} ({type(exc).__name__}); is `lumbar-mri-cds serve` running there?"
         ) from None
-    if answer.status_code == 200:
-        return CallResult(url=url, response=answer.json())
-    raise _failure(url, answer)
+    if answer.status_code != 200:
+        raise _failure(url, answer)
+    try:
+        response = answer.json()
+    except ValueError:
+        raise errors.ServiceError(f"{url} answered 200 without JSON: is lumbar-mri-cds serving there?") from None
+    if not isinstance(response, dict) or not isinstance(response.get("cards"), list):
+        raise errors.ServiceError(f"{url} answered 200 without a CDS Hooks response: is lumbar-mri-cds serving there?")
+    return CallResult(url=url, response=response)
 
 
 def _failure(url: str, answer: requests.Response) -> errors.ServiceError:

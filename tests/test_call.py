@@ -130,3 +130,11 @@ def test_call_curl_prints_a_command_that_makes_the_same_call(dev_server):
     answered = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert answered.returncode == 0, answered.stderr
     assert "cards" in json.loads(answered.stdout)  # the file's own dates: the card depends on today
+
+
+def test_call_to_something_else_says_so(httpserver, tmp_path):
+    httpserver.expect_request("/cds-services/order-select").respond_with_data("<html>hello</html>", content_type="text/html")
+    result = cli("call", str(FIXTURE), "--url", httpserver.url_for("/").rstrip("/"), env={"XDG_DATA_HOME": str(tmp_path)})
+    assert result.returncode == 1
+    assert "without JSON: is lumbar-mri-cds serving there?" in result.stderr
+    assert "Traceback" not in result.stderr
