@@ -10,6 +10,7 @@ click's exceptions carry ``exit_code``. ``web/errors.py`` is the one place they 
     ├── UnknownService        404  no such CDS service
     ├── DataUnobtainable      412  neither prefetch nor the FHIR server gave what the rules need
     ├── StoreUnavailable      503  the database cannot be reached
+    ├── AddressInUse               `serve`: the host and port are taken
     └── ExportError                the audit's bulk export is missing, malformed or not obtainable
     ConfigError                    the configuration is unusable (start-up, check-config)
 """
@@ -68,6 +69,10 @@ class StoreUnavailable(ServiceError):
     status = 503
     issue_code = "transient"
     exit_code = 5
+
+
+class AddressInUse(ServiceError):
+    """`serve` cannot listen: another process holds the host and port."""
 
 
 class ExportError(ServiceError):
