@@ -41,6 +41,7 @@ class Evaluation:
     card_ratings: dict[str, str] = field(default_factory=dict)  # card uuid -> the rating it carries (rating cards)
     orders_reviewed: int = 0
     record: prefetch.PatientRecord | None = None
+    decisions: list[engine.Decision] = field(default_factory=list)  # one per order reviewed (the audit reads them)
 
 
 class Evaluator:
@@ -100,6 +101,7 @@ class Evaluator:
                 continue
             seen.add(facts.order.reference)
             decision = engine.decide(self.table, facts)
+            evaluation.decisions.append(decision)
             rendered, action = render.render_decision(decision, self.table, self.prepared)
             evaluation.cards.extend(rendered)
             for card in rendered:
