@@ -9,20 +9,17 @@ held to the clinical reference.
 
 from __future__ import annotations
 
-import json
 from datetime import date
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from service.app import create_app
 from service.app import services_of
 from service.store import schema
 from tests import fhir
-from tests.conftest import trusting_fhir_server
-from tests.fhirserver.runner import load_bundle
-from tests.fhirserver.runner import running_fhir_server
+from tests.fhirserver.runner import serving_stories
+from tests.web.test_fetch_missing import fetching_client  # noqa: F401 (a fixture: the app reading fhir_base)
 
 CODES = ("72148", "72158", "72149", "72131", "72132", "72133", "72100")
 MODALITY = {"72148": "MRI", "72158": "MRI", "72149": "MRI", "72131": "CT", "72132": "CT", "72133": "CT", "72100": "radiograph"}
@@ -57,19 +54,8 @@ def cases() -> list[Any]:
 
 @pytest.fixture(scope="module")
 def fhir_base():
-    stories = {story for story, _ in ROWS.values()}
-    with running_fhir_server() as base:
-        for name in sorted(stories):
-            bundle = json.loads((fhir.FIXTURES / "patients" / f"{name}.json").read_text())
-            load_bundle(base, fhir.shift_dates(bundle, (date.today() - fhir.AS_OF).days))
+    with serving_stories(sorted({story for story, _ in ROWS.values()})) as base:
         yield base
-
-
-@pytest.fixture
-def fetching_client(settings, fhir_base):
-    app = create_app(trusting_fhir_server(settings, fhir_base))
-    yield app.test_client()
-    services_of(app).close()
 
 
 def request_for(story: str, code: str) -> dict[str, Any]:
