@@ -325,7 +325,7 @@ def _lower_summary(content: CardContent, decision: Decision, table: RuleTable, r
         return None
     if decision.rule is None or decision.rule.rating != "appropriate":
         return None
-    ordered = table.studies.get(decision.facts.order.study.column)
+    ordered = decision.ordered
     return table.texts["summary_lower"].format(ordered=ordered.short if ordered else decision.facts.order.code,
                                                rated=table.words[decision.acr], situation=row.situation, better=better.short)
 
@@ -334,7 +334,7 @@ def _fill(text: str, decision: Decision, table: RuleTable) -> str:
     """The text with {Study} and {study} naming the ordered study ("Lumbar CT", "lumbar CT")."""
     if "tudy}" not in text:
         return text
-    ordered = table.studies.get(decision.facts.order.study.column)
+    ordered = decision.ordered
     label = ordered.label if ordered else "Lumbar imaging"
     return text.replace("{Study}", label).replace("{study}", label[:1].lower() + label[1:])
 
@@ -425,7 +425,7 @@ def _detail(content: CardContent, decision: Decision, prepared: Prepared, table:
             + ". The verdict was reached without this data; a finding recorded there was not seen."
         )
     system = _CODE_LABELS.get(facts.order.system, facts.order.system)
-    column = table.studies.get(facts.order.study.column)
+    column = decision.ordered
     ordered = f"{facts.order.display or (column.display if column else facts.order.code)} ({system} {facts.order.code})"
     rating = ""
     if rating_card and decision.rating:

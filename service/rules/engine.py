@@ -28,6 +28,7 @@ class Decision:
     acr: str | None = None            # UA | MBA | UNA: the ordered study's rating in that row
     better: StudyColumn | None = None # the study to offer instead: usually appropriate where the ordered one is not
     rated: bool = True                # False: an order PAMA does not cover (radiography): cards, no rating
+    ordered: StudyColumn | None = None  # the ordered study's column of the rating table
 
     @property
     def rating(self) -> str | None:
@@ -108,7 +109,7 @@ def decide(table: RuleTable, facts: Facts) -> Decision:
         if holds(modifier.when, facts):
             fired[modifier.id] = modifier
     return Decision(facts=facts, rule=rule, modifiers=tuple(fired.values()), row=row, acr=acr, better=better,
-                    rated=ordered.rated if ordered is not None else True)
+                    rated=ordered.rated if ordered is not None else True, ordered=ordered)
 
 
 def _rated_above(table: RuleTable, row: RatingRow | None, facts: Facts, code: str | None, acr: str | None) -> bool:
