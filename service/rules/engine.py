@@ -58,8 +58,10 @@ def study_rating(row: RatingRow, study: StudyColumn, facts: Facts) -> str:
 def _better(table: RuleTable, row: RatingRow, facts: Facts, column: str) -> StudyColumn | None:
     """The first usually appropriate study of the row other than the ordered one; in pregnancy, only a
     study marked safe in pregnancy (decision-rules.md `pregnancy-radiation`: MRI without contrast)."""
+    if not row.may_be_usual:
+        return None  # no study is usually appropriate in this variant (V1, V2, repeat imaging)
     pregnant = PREDICATES["pregnant"](facts)
-    for study in table.studies.values():
+    for study in row.may_be_usual:
         if study.column == column or (pregnant and not study.pregnancy):
             continue
         if cell_rating(row.cells.get(study.column), facts) == "UA":
@@ -104,9 +106,9 @@ def decide(table: RuleTable, facts: Facts) -> Decision:
             continue
         if rule_id in modifier.not_rules:
             continue
-        if modifier.better_rated and not _rated_above(table, row, facts, modifier.replace_with, acr):
-            continue
-        if holds(modifier.when, facts):
+        if holds(modifier.when, facts) and (
+            not modifier.better_rated or _rated_above(table, row, facts, modifier.replace_with, acr)
+        ):
             fired[modifier.id] = modifier
     return Decision(facts=facts, rule=rule, modifiers=tuple(fired.values()), row=row, acr=acr, better=better,
                     rated=ordered.rated if ordered is not None else True, ordered=ordered)

@@ -69,6 +69,7 @@ class RatingRow:
     source: str            # sources.toml key
     source_detail: str     # where in the source the row was read
     cells: Mapping[str, Cell]
+    may_be_usual: tuple[StudyColumn, ...] = ()  # the studies some cell may rate UA, in the order of preference
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -292,8 +293,10 @@ def _rating_table(
         extra = set(row) - set(studies) - {"rule", "variant", "situation", "source", "source_detail"}
         if extra:
             problems.add(where, f"unknown columns {sorted(extra)} (not a [study.<column>])")
+        usual = tuple(s for s in studies.values() if "UA" in (cells[s.column].otherwise, *(r for _, r in cells[s.column].choices)))
         rows[str(rule)] = RatingRow(rule=str(rule), variant=str(row.get("variant", "")), situation=str(row.get("situation", "")),
-                                    source=str(row.get("source", "")), source_detail=str(row.get("source_detail", "")), cells=cells)
+                                    source=str(row.get("source", "")), source_detail=str(row.get("source_detail", "")), cells=cells,
+                                    may_be_usual=usual)
     return studies, rows
 
 
