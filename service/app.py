@@ -24,6 +24,9 @@ from service.web import routes
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "lumbar_mri_cds"
+# FHIR reads in flight at once per worker: a call sends up to 8 at once, and a worker runs up to
+# `serve --threads` (16) calls; the threads are started only when needed.
+FETCH_THREADS = 128
 
 
 @dataclass(kw_only=True)
@@ -57,6 +60,7 @@ def build_services(settings: config.Settings) -> Services:
             timeout_seconds=settings.fhir.timeout_seconds,
             max_pages=settings.fhir.max_pages,
             max_bytes=settings.fhir.max_bytes,
+            max_workers=FETCH_THREADS,
         ),
         evaluator=pipeline.Evaluator.load(),
         recorder=feedback.CardStore(engine, salt=settings.patient_hash_salt),

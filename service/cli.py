@@ -49,14 +49,18 @@ cli.add_command(security_report.check_config)
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="port to listen on")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="gunicorn worker processes")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="worker processes")
+@click.option("--threads", default=16, show_default=True, type=click.IntRange(1, 256),
+              help="request threads per worker (calls waiting on FHIR or the store at once)")
+@click.option("--behind-proxy", is_flag=True,
+              help="a buffering reverse proxy is in front: no warning when listening on a non-loopback address")
 @config_option
-def serve(host: str, port: int, workers: int, config_file: Path | None) -> None:
-    """Run the service under gunicorn in the foreground (stops cleanly on SIGTERM/SIGINT)."""
-    from service import server  # gunicorn is imported only to serve
+def serve(host: str, port: int, workers: int, threads: int, behind_proxy: bool, config_file: Path | None) -> None:
+    """Serve in the foreground: gunicorn's master over buffering workers (stops cleanly on SIGTERM/SIGINT)."""
+    from service import server  # gunicorn and waitress are imported only to serve
 
     settings = load(config_file)
-    server.run(settings, host=host, port=port, workers=workers)
+    server.run(settings, host=host, port=port, workers=workers, threads=threads, behind_proxy=behind_proxy)
 
 
 @cli.command()
@@ -98,7 +102,7 @@ def report(config_file: Path | None, as_json: bool, since: Any, until: Any, html
     from service.store import schema
 
     since_day, until_day = (since.date() if since else None), (until.date() if until else None)
-    engine = schema.create_engine(load(config_file).database_url)
+    engine = schema.create_engine(load(config_file).database_url, interactive=False)
     try:
         schema.create_schema(engine)  # a fresh database reports zeros rather than failing
         result = store_report.build_report(engine, since=since_day, until=until_day)

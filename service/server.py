@@ -1,25 +1,61 @@
-"""Serving under gunicorn (sync workers), in the foreground, from the `serve` command."""
+"""Serving, in the foreground, from the `serve` command: gunicorn's master over buffering workers.
+
+The serving model (issue 15; figures in benchmarks/README.md, "Serving model"):
+
+- **gunicorn's master** binds the socket, forks the workers, restarts one that dies (kill -9, OOM,
+  its heartbeat missed for ``timeout`` s) and stops them all gracefully on SIGTERM.
+- **Each worker is ``BufferedWorker``**: waitress's HTTP engine in the worker process. One event loop
+  thread reads every request whole (headers and body) and writes every answer, so a slow or
+  stalled client costs a socket and a buffer, never a thread; only complete requests are handed to a
+  pool of ``threads`` request threads. A slow FHIR server or a slow store then costs a thread for at
+  most the call's deadline, not a process.
+- The time a request's first byte arrived is put into the WSGI environ (``ARRIVED_KEY``), so the
+  call's deadline counts the time spent arriving and waiting for a thread, not only the view's.
+
+Behind a reverse proxy (docker-compose.yml's nginx, deploy/nginx.conf) the proxy buffers as well and
+its timeouts bound the clients; without one ``serve`` still survives slow clients on its own, and says
+so at start-up when it listens on a non-loopback address (``--behind-proxy`` silences it).
+"""
 
 from __future__ import annotations
 
 import gc
+import ipaddress
+import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers import base as gunicorn_workers
+from waitress import channel as waitress_channel
+from waitress import parser as waitress_parser
+from waitress import server as waitress_server
+from waitress import task as waitress_task
+from waitress.adjustments import Adjustments
 
 from service import config
 from service.web import metrics
 from service.web import observability
 
+log = logging.getLogger(__name__)
+
+ARRIVED_KEY = "lumbar_mri_cds.arrived"  # environ: time.monotonic() when the request's first byte came
+WORKER_CLASS = f"{__name__}.BufferedWorker"
+DEFAULT_THREADS = 16          # request threads per worker: calls waiting on FHIR or the store at once
+DEFAULT_CONNECTIONS = 1000    # open connections per worker (slow clients included) before accept pauses
+IDLE_SECONDS = 30             # a connection that sends nothing for this long is closed
+BODY_SLACK_BYTES = 1_000_000  # bodies a bit over max_body_bytes still reach Flask, for its 413 OperationOutcome
+
 
 class GunicornApp(BaseApplication):  # type: ignore[misc]
     """A gunicorn application whose workers each build their own app with ``factory``."""
 
-    def __init__(self, factory: Callable[[], Any], options: dict[str, Any]) -> None:
+    def __init__(self, factory: Callable[[], Any], options: dict[str, Any], *, max_request_bytes: int = 10_000_000) -> None:
         self.factory = factory
         self.options = options
+        self.max_request_bytes = max_request_bytes  # read by BufferedWorker: larger bodies are refused unread
         super().__init__()
 
     def load_config(self) -> None:
@@ -46,24 +82,52 @@ def _service_app(settings: config.Settings) -> Any:
     return create_app(settings)
 
 
-def run(settings: config.Settings, *, host: str, port: int, workers: int) -> None:
+def run(settings: config.Settings, *, host: str, port: int, workers: int, threads: int = DEFAULT_THREADS,
+        behind_proxy: bool = False) -> None:
     """Serve until SIGTERM or SIGINT (gunicorn's graceful shutdown)."""
     # Check everything that can fail (card content, value sets, database, keys) in the master, so a
     # bad configuration stops the command with a clear message instead of a crash loop of workers.
     from service.app import build_services
 
     build_services(settings).close()
+    if not behind_proxy and not is_loopback(host):
+        log.warning(
+            "listening on %s without a reverse proxy in front: the service buffers slow clients itself, "
+            "but put a buffering proxy with timeouts (deploy/nginx.conf) between it and the network, "
+            "then pass --behind-proxy", host,
+        )
     metrics.prepare_multiprocess_dir(os.environ)
-    options = gunicorn_options(settings, host=host, port=port, workers=workers)
-    GunicornApp(lambda: _service_app(settings), options).run()
+    options = gunicorn_options(settings, host=host, port=port, workers=workers, threads=threads)
+    GunicornApp(lambda: _service_app(settings), options, max_request_bytes=max_request_bytes(settings)).run()
 
 
-def gunicorn_options(settings: config.Settings, *, host: str, port: int, workers: int) -> dict[str, Any]:
+def max_request_bytes(settings: config.Settings) -> int:
+    """The body size beyond which the worker refuses a request without reading it."""
+    return settings.limits.max_body_bytes + BODY_SLACK_BYTES
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def gunicorn_options(settings: config.Settings, *, host: str, port: int, workers: int,
+                     threads: int = DEFAULT_THREADS) -> dict[str, Any]:
     """The gunicorn settings `serve` uses (benchmarks/floor.py serves its floor app with the same)."""
     return {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
-        "worker_class": "sync",
+        "worker_class": WORKER_CLASS,
+        "threads": threads,
+        "worker_connections": DEFAULT_CONNECTIONS,
+        "keepalive": IDLE_SECONDS,
+        "limit_request_line": 8190,
+        # A worker whose event loop stops for this long is killed and replaced by the master.
         "timeout": max(30, int(settings.limits.deadline_seconds * 4)),
         "graceful_timeout": 10,
         "accesslog": None,          # one structured line per request comes from the app instead
@@ -73,3 +137,84 @@ def gunicorn_options(settings: config.Settings, *, host: str, port: int, workers
         "logconfig_dict": observability.logging_config(settings.log_level),
         "proc_name": "lumbar-mri-cds",
     }
+
+
+class _ArrivalParser(waitress_parser.HTTPRequestParser):
+    """waitress's request parser, noting when the request's first byte arrived."""
+
+    arrived: float | None = None
+
+    def received(self, data: bytes) -> int:
+        if self.arrived is None:
+            self.arrived = time.monotonic()
+        return super().received(data)
+
+
+class _ArrivalTask(waitress_task.WSGITask):
+    """waitress's WSGI task, passing the arrival time to the app."""
+
+    def get_environment(self) -> dict[str, Any]:
+        environ = super().get_environment()
+        environ[ARRIVED_KEY] = getattr(self.request, "arrived", None) or time.monotonic()
+        return environ
+
+
+class _Channel(waitress_channel.HTTPChannel):
+    parser_class = _ArrivalParser
+    task_class = _ArrivalTask
+
+
+class _Server(waitress_server.TcpWSGIServer):
+    channel_class = _Channel
+
+
+class BufferedWorker(gunicorn_workers.Worker):  # type: ignore[misc]
+    """A gunicorn worker serving with waitress: requests buffered whole by one event loop, then run
+    on a pool of ``threads``; the master's heartbeat is kept by that loop."""
+
+    def run(self) -> None:
+        adjustments = Adjustments(
+            threads=self.cfg.threads,
+            connection_limit=self.cfg.worker_connections,
+            channel_timeout=self.cfg.keepalive,
+            max_request_body_size=getattr(self.app, "max_request_bytes", 10_000_000),
+            max_request_header_size=64 * 1024,
+            asyncore_use_poll=True,     # select() fails beyond 1024 descriptors
+            expose_tracebacks=False,
+            ident="lumbar-mri-cds",
+            clear_untrusted_proxy_headers=True,
+        )
+        dispatcher = waitress_task.ThreadedTaskDispatcher()
+        dispatcher.set_thread_count(adjustments.threads)
+        socket_map: dict[int, Any] = {}
+        for listener in self.sockets:
+            sock = getattr(listener, "sock", listener)
+            _Server(self.wsgi, socket_map, True, sock, dispatcher=dispatcher, adj=adjustments,
+                    bind_socket=False, sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))
+        try:
+            while self.alive and self.ppid == os.getppid():
+                self.notify()
+                waitress_server.wasyncore.loop(timeout=1.0, map=socket_map, use_poll=True, count=1)
+        finally:
+            self._stop(dispatcher, socket_map)
+
+    def _stop(self, dispatcher: Any, socket_map: dict[int, Any]) -> None:
+        """Stop accepting, let running requests finish (up to graceful_timeout), close the rest."""
+        for channel in list(socket_map.values()):
+            if isinstance(channel, _Server):
+                channel.accepting = False
+                channel.del_channel()
+        limit = time.monotonic() + self.cfg.graceful_timeout
+        while time.monotonic() < limit and _busy(socket_map):
+            self.notify()
+            waitress_server.wasyncore.loop(timeout=0.2, map=socket_map, use_poll=True, count=1)
+        dispatcher.shutdown(timeout=1)
+        waitress_server.wasyncore.close_all(socket_map)
+
+
+def _busy(socket_map: dict[int, Any]) -> bool:
+    """Whether a channel still has a request in work or an answer not yet sent."""
+    return any(
+        isinstance(channel, waitress_channel.HTTPChannel) and (channel.requests or channel.total_outbufs_len)
+        for channel in socket_map.values()
+    )
