@@ -55,7 +55,7 @@ def build_services(settings: config.Settings) -> Services:
     return Services(
         settings=settings,
         engine=engine,
-        verifier=jwt_check.TokenVerifier(settings, replay.ReplayCache(engine)),
+        verifier=jwt_check.TokenVerifier(settings, replay.build_replay(settings.replay, engine)),
         fetcher=fhir_client.FhirFetcher(
             timeout_seconds=settings.fhir.timeout_seconds,
             max_pages=settings.fhir.max_pages,

@@ -69,6 +69,19 @@ class LimitsSettings:
     deadline_seconds: float = 4.0       # a hook call never takes longer than this
 
 
+class ReplayWhenDown(StrEnum):
+    """What a token check does while the replay store cannot be reached (README, "Replay store")."""
+
+    REFUSE = "refuse"   # 503 with Retry-After: no token is accepted unchecked (the default)
+    MEMORY = "memory"   # each worker remembers the ids it accepts, in memory, until the store is back
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplaySettings:
+    url: str | None = None                               # redis://… ; None: the database (SQLite file beside it)
+    when_down: ReplayWhenDown = ReplayWhenDown.REFUSE     # see ReplayWhenDown
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     profile: Profile
@@ -78,6 +91,7 @@ class Settings:
     cors: CorsSettings = field(default_factory=CorsSettings)
     fhir: FhirSettings = field(default_factory=FhirSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    replay: ReplaySettings = field(default_factory=ReplaySettings)
     patient_hash_salt: str = ""          # salts the patient-id hashes in logs and the store
     log_level: str = "INFO"
     source: Path | None = None           # the configuration file, if any
@@ -105,6 +119,9 @@ class Settings:
                 notes.append(f"issuer {issuer.iss}: no fhir_servers, so only prefetch is used for its calls")
         if self.cors.any_origin:
             notes.append("CORS: any origin may call this service from a browser")
+        if self.replay.when_down is ReplayWhenDown.MEMORY:
+            notes.append("replay.when_down = memory: while the replay store is down, a token id is "
+                         "remembered by one worker only, so a captured token could be replayed once on another")
         return notes
 
 
@@ -142,6 +159,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
         cors=_cors(raw, profile, where),
         fhir=_section(FhirSettings, raw, "fhir", where),
         limits=_section(LimitsSettings, raw, "limits", where),
+        replay=_replay(raw, where),
         patient_hash_salt=str(raw.get("patient_hash_salt", "")),
         log_level=str(raw.get("log_level", "INFO")).upper(),
         source=path,
@@ -173,6 +191,8 @@ _ENV_OVERRIDES: dict[str, tuple[str | None, str, type]] = {
     "FHIR_TIMEOUT_SECONDS": ("fhir", "timeout_seconds", float),
     "MAX_BODY_BYTES": ("limits", "max_body_bytes", int),
     "DEADLINE_SECONDS": ("limits", "deadline_seconds", float),
+    "REPLAY_URL": ("replay", "url", str),
+    "REPLAY_WHEN_DOWN": ("replay", "when_down", str),
 }
 
 
@@ -304,6 +324,26 @@ def _section(cls: type, raw: Mapping[str, Any], name: str, where: str) -> Any:
             raise ConfigError(f"{where}: {name}.{key} must be a positive number")
         values[key] = kind(value)
     return replace(defaults, **values)
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _replay(raw: Mapping[str, Any], where: str) -> ReplaySettings:
+    section = raw.get("replay", {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: [replay] must be a table")
+    unknown = sorted(set(section) - {"url", "when_down"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) replay.{', replay.'.join(unknown)}")
+    url = section.get("url")
+    if url is not None and (not isinstance(url, str) or urlsplit(url).scheme not in _REDIS_SCHEMES):
+        raise ConfigError(f"{where}: replay.url must be a Redis URL (redis://, rediss:// or unix://)")
+    when_down = section.get("when_down", ReplayWhenDown.REFUSE.value)
+    try:
+        return ReplaySettings(url=url or None, when_down=ReplayWhenDown(when_down))
+    except ValueError:
+        raise ConfigError(f"{where}: replay.when_down must be 'refuse' or 'memory', not {when_down!r}") from None
 
 
 def _validate(settings: Settings, where: str) -> None:

@@ -24,6 +24,7 @@ class ServiceError(Exception):
     status: ClassVar[int] = 500
     issue_code: ClassVar[str] = "exception"  # OperationOutcome.issue.code
     exit_code: ClassVar[int] = 1
+    retry_after: ClassVar[int | None] = None  # seconds, sent as Retry-After
 
     def __init__(self, message: str, *, expression: str | None = None) -> None:
         super().__init__(message)
@@ -67,6 +68,7 @@ class StoreUnavailable(ServiceError):
     status = 503
     issue_code = "transient"
     exit_code = 5
+    retry_after = 5
 
 
 class ConfigError(Exception):

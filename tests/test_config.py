@@ -126,6 +126,9 @@ INVALID = {
     "in-memory-sqlite-short": (PRODUCTION.replace("postgresql://cds:s3cret@db.example.org/cds", "sqlite://"),
                                "in-memory SQLite"),
     "not-toml": ("profile = ", "not valid TOML"),
+    "replay-url-not-redis": (PRODUCTION + '[replay]\nurl = "https://cache.example.org"\n', "replay.url must be a Redis URL"),
+    "replay-when-down-unknown": (PRODUCTION + '[replay]\nwhen_down = "ignore"\n', "'refuse' or 'memory'"),
+    "replay-unknown-key": (PRODUCTION + '[replay]\nwhen_dwn = "memory"\n', "unknown setting\\(s\\) replay.when_dwn"),
 }
 
 
@@ -154,6 +157,21 @@ def test_environment_overrides(tmp_path, ehr_jwks):
     settings = config.load_settings(write(tmp_path, PRODUCTION), environ)
     assert settings.public_base_url == "https://other.example.org"
     assert settings.cors.allow_origins == ("https://a.example", "https://b.example")
+
+
+def test_replay_store_settings(runner, tmp_path, ehr_jwks):
+    default = config.load_settings(write(tmp_path, PRODUCTION), {})
+    assert default.replay == config.ReplaySettings(url=None, when_down=config.ReplayWhenDown.REFUSE)
+    text = PRODUCTION + '[replay]\nurl = "redis://:pw@cache.example.org:6379/0"\nwhen_down = "memory"\n'
+    settings = config.load_settings(write(tmp_path, text), {})
+    assert settings.replay.url == "redis://:pw@cache.example.org:6379/0"
+    assert settings.replay.when_down is config.ReplayWhenDown.MEMORY
+    assert any("replayed once on another" in w for w in settings.warnings())
+    environ = {"LUMBAR_MRI_CDS_REPLAY_URL": "redis://other:6379/1", "LUMBAR_MRI_CDS_REPLAY_WHEN_DOWN": "refuse"}
+    overridden = config.load_settings(write(tmp_path, text), environ)
+    assert overridden.replay == config.ReplaySettings(url="redis://other:6379/1", when_down=config.ReplayWhenDown.REFUSE)
+    out = runner.invoke(cli, ["check-config", "--config", str(write(tmp_path, text))]).output
+    assert "replay store: redis://:***@cache.example.org:6379/0; when it is down: memory" in out and ":pw@" not in out
 
 
 def test_environment_can_switch_to_production_but_not_past_its_rules(tmp_path):

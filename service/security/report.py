@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
+
 import sqlalchemy as sa
 
 from service import errors
@@ -33,6 +35,7 @@ def describe(settings: Settings, *, fetch: bool = False) -> tuple[list[str], lis
             f"profile: {settings.profile}",
             f"public_base_url: {_audience(settings)}",
             f"database: {mask_database_url(settings.database_url)}",
+            f"replay store: {_replay_store(settings)}",
             f"CORS origins: {_origins(settings)}",
             f"issuers ({len(settings.issuers)}):",
         ]
@@ -52,6 +55,18 @@ def mask_database_url(url: str) -> str:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
     except sa.exc.ArgumentError:
         return "(not a valid database URL)"
+
+
+def _replay_store(settings: Settings) -> str:
+    where = _masked_redis_url(settings.replay.url) if settings.replay.url else "the database"
+    return f"{where}; when it is down: {settings.replay.when_down}"
+
+
+def _masked_redis_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def _audience(settings: Settings) -> str:

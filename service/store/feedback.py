@@ -53,6 +53,7 @@ MAX_COMMENT_CHARS = 2000      # overrideReason.userComment
 MAX_ID_CHARS = 64             # card and suggestion uuids (a uuid is 36)
 MAX_CODE_CHARS = 256          # Coding.code
 MAX_TEXT_CHARS = 1024         # Coding.system, Coding.display
+LOCK_ATTEMPTS = 3             # feedback transactions tried when the lock timeout (schema.LOCK_TIMEOUT_MS) passes
 LOOKUP_WAIT_SECONDS = 1.0     # how long to wait for a card another worker may just have issued
 # The writer thread looks for queued cards this often and writes them in one transaction (one
 # fsync): the fsync per hook call was a fifth of a worker's time, and waking the thread on each call
@@ -162,10 +163,18 @@ class CardStore:
         """
         items = parse_feedback(body)
         try:
-            with self._engine.connect() as conn:
-                self._check_cards(conn, service_id, items, issuer, tenant)
-                conn.commit()  # end the read transaction; the writes get their own
-                return self._insert(conn, service_id, items)
+            for attempt in range(1, LOCK_ATTEMPTS + 1):
+                try:
+                    with self._engine.connect() as conn:
+                        self._check_cards(conn, service_id, items, issuer, tenant)
+                        conn.commit()  # end the read transaction; the writes get their own
+                        return self._insert(conn, service_id, items)
+                except sa.exc.OperationalError as exc:
+                    # Another writer held the lock past the lock timeout (about a second): try
+                    # again, a bounded number of times (a busy SQLite file, not a broken one).
+                    if attempt == LOCK_ATTEMPTS or not schema.is_lock_timeout(exc):
+                        raise
+            raise AssertionError("unreachable")
         except sa.exc.SQLAlchemyError as exc:
             # The engine hides SQL parameters (schema.create_engine), so the class name is safe.
             log.error("feedback not stored: database error %s", type(exc).__name__)
