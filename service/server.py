@@ -90,12 +90,9 @@ def run(settings: config.Settings, *, host: str, port: int, workers: int, thread
     from service.app import build_services
 
     build_services(settings).close()
-    if not behind_proxy and not is_loopback(host):
-        log.warning(
-            "listening on %s without a reverse proxy in front: the service buffers slow clients itself, "
-            "but put a buffering proxy with timeouts (deploy/nginx.conf) between it and the network, "
-            "then pass --behind-proxy", host,
-        )
+    warning = proxy_warning(host, behind_proxy=behind_proxy)
+    if warning:
+        log.warning(warning)
     metrics.prepare_multiprocess_dir(os.environ)
     options = gunicorn_options(settings, host=host, port=port, workers=workers, threads=threads)
     GunicornApp(lambda: _service_app(settings), options, max_request_bytes=max_request_bytes(settings)).run()
@@ -104,6 +101,15 @@ def run(settings: config.Settings, *, host: str, port: int, workers: int, thread
 def max_request_bytes(settings: config.Settings) -> int:
     """The body size beyond which the worker refuses a request without reading it."""
     return settings.limits.max_body_bytes + BODY_SLACK_BYTES
+
+
+def proxy_warning(host: str, *, behind_proxy: bool) -> str | None:
+    """What `serve` says when it listens beyond loopback with no reverse proxy declared in front."""
+    if behind_proxy or is_loopback(host):
+        return None
+    return (f"listening on {host} without a reverse proxy in front: the service buffers slow clients "
+            "itself, but put a buffering proxy with timeouts (deploy/nginx.conf) between it and the "
+            "network, then pass --behind-proxy")
 
 
 def is_loopback(host: str) -> bool:

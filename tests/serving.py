@@ -42,9 +42,10 @@ def write_config(directory: Path, *, port: int, jwks_file: Path, issuer: str, da
     return path
 
 
-def serve_command(config: Path, port: int, workers: int) -> list[str]:
+def serve_command(config: Path, port: int, workers: int, extra: list[str] | None = None) -> list[str]:
     """The `lumbar-mri-cds serve` command line (as a module, so no installed script is needed)."""
-    return [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", str(workers), "--config", str(config)]
+    return [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", str(workers),
+            "--config", str(config), *(extra or [])]
 
 
 def wait_healthy(process: subprocess.Popen, port: int, output: Callable[[], str], timeout: float = 30) -> None:
@@ -73,7 +74,8 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def serving(config: Path, port: int, *, workers: int = 2, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+def serving(config: Path, port: int, *, workers: int = 2, env: dict[str, str] | None = None,
+            extra: list[str] | None = None) -> Iterator[subprocess.Popen]:
     """Start the service, wait until /healthz answers, stop it with SIGTERM afterwards.
 
     Afterwards ``process.captured`` holds everything the server wrote (stdout and stderr).
@@ -85,7 +87,7 @@ def serving(config: Path, port: int, *, workers: int = 2, env: dict[str, str] | 
         output.seek(0)
         return output.read().decode(errors="replace")
 
-    process = subprocess.Popen(serve_command(config, port, workers), stdout=output, stderr=subprocess.STDOUT,
+    process = subprocess.Popen(serve_command(config, port, workers, extra), stdout=output, stderr=subprocess.STDOUT,
                                env={**os.environ, **(env or {})})
     try:
         wait_healthy(process, port, written)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import socket
+import time
 from datetime import date
 
 import pytest
@@ -121,3 +123,46 @@ def test_feedback_round_trip_survives_a_restart(tmp_path, jwks_file, signer):
     assert rule["cards"] == 1
     assert (rule["accepted"], rule["overridden"]) == (1, 0)  # one card: its latest outcome counts
     assert report["cards_total"] == 1
+
+
+# --- issue 15: slow clients ---------------------------------------------------------------------
+
+
+def test_slow_clients_do_not_stop_the_service(tmp_path, jwks_file, signer):
+    """Connections that send a request's start and then dawdle (slowloris) cost a socket each, not a
+    worker or a thread: with 1 worker of 2 threads and 30 of them open, real calls are answered."""
+    port = free_port()
+    config = write_config(tmp_path, port=port, jwks_file=jwks_file, issuer=ISSUER)
+    base = f"http://127.0.0.1:{port}"
+    with serving(config, port, workers=1, extra=["--threads", "2"]):
+        slow = []
+        try:
+            for n in range(30):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                sock.sendall(b"POST /cds-services/order-select HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n")
+                if n % 2:
+                    sock.sendall(b"\r\n{")  # headers done, body stalled
+                slow.append(sock)
+            time.sleep(0.5)
+            for _ in range(3):
+                started = time.monotonic()
+                response = call(base, signer, "/cds-services/order-select",
+                                fhir.load_request("acute-uncomplicated", shift_to=date.today()))
+                assert response.status_code == 200
+                assert time.monotonic() - started < 2
+        finally:
+            for sock in slow:
+                sock.close()
+
+
+@pytest.mark.parametrize(("host", "behind_proxy", "warns"), [
+    ("127.0.0.1", False, False), ("::1", False, False), ("localhost", False, False),
+    ("0.0.0.0", False, True), ("192.0.2.10", False, True), ("::", False, True), ("0.0.0.0", True, False),
+])
+def test_serve_warns_beyond_loopback_without_a_proxy(host, behind_proxy, warns):
+    from service import server as serving_model
+
+    warning = serving_model.proxy_warning(host, behind_proxy=behind_proxy)
+    assert (warning is not None) == warns
+    if warns:
+        assert "--behind-proxy" in warning and "deploy/nginx.conf" in warning
