@@ -14,6 +14,7 @@ from service.intake import fhir_client
 from service.security import jwt as jwt_check
 from service.security import replay
 from service.store import feedback
+from service.store import outbox
 from service.store import schema
 from service.web import errors as web_errors
 from service.web import limits
@@ -63,7 +64,8 @@ def build_services(settings: config.Settings) -> Services:
             max_workers=FETCH_THREADS,
         ),
         evaluator=pipeline.Evaluator.load(),
-        recorder=feedback.CardStore(engine, salt=settings.patient_hash_salt),
+        recorder=feedback.CardStore(engine, salt=settings.patient_hash_salt,
+                                    outbox_dir=outbox.directory_for(settings.outbox_dir, settings.database_url)),
     )
 
 

@@ -93,6 +93,7 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
     patient_hash_salt: str = ""          # salts the patient-id hashes in logs and the store
+    outbox_dir: Path | None = None       # issued cards on local disk until written; None: beside a SQLite store
     log_level: str = "INFO"
     source: Path | None = None           # the configuration file, if any
 
@@ -161,6 +162,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
         limits=_section(LimitsSettings, raw, "limits", where),
         replay=_replay(raw, where),
         patient_hash_salt=str(raw.get("patient_hash_salt", "")),
+        outbox_dir=_outbox_dir(raw, base_dir, environ, where),
         log_level=str(raw.get("log_level", "INFO")).upper(),
         source=path,
     )
@@ -187,6 +189,7 @@ _ENV_OVERRIDES: dict[str, tuple[str | None, str, type]] = {
     "DATABASE_URL": (None, "database_url", str),
     "LOG_LEVEL": (None, "log_level", str),
     "PATIENT_HASH_SALT": (None, "patient_hash_salt", str),
+    "OUTBOX_DIR": (None, "outbox_dir", str),
     "CORS_ALLOW_ORIGINS": ("cors", "allow_origins", list),
     "FHIR_TIMEOUT_SECONDS": ("fhir", "timeout_seconds", float),
     "MAX_BODY_BYTES": ("limits", "max_body_bytes", int),
@@ -238,6 +241,19 @@ def _database_url(raw: Mapping[str, Any], base_dir: Path, environ: Mapping[str, 
         # sqlite:///relative.db: relative to the configuration file, not to the working directory
         value = prefix + str(base_dir / value[len(prefix):])
     return value
+
+
+def _outbox_dir(raw: Mapping[str, Any], base_dir: Path, environ: Mapping[str, str], where: str) -> Path | None:
+    """The configured card outbox directory (relative to the file's directory); for a database that is
+    not a SQLite file, the default is $XDG_DATA_HOME/lumbar-mri-cds/outbox."""
+    value = raw.get("outbox_dir")
+    if value is not None:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: outbox_dir must be a directory path")
+        return base_dir / value
+    if str(raw.get("database_url", "sqlite")).startswith("sqlite"):
+        return None  # beside the SQLite file (store.outbox.directory_for)
+    return default_data_dir(environ) / "outbox"
 
 
 def _issuers(raw: Mapping[str, Any], base_dir: Path, profile: Profile, where: str) -> tuple[IssuerSettings, ...]:

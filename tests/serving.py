@@ -62,6 +62,18 @@ def wait_healthy(process: subprocess.Popen, port: int, output: Callable[[], str]
         time.sleep(0.1)
 
 
+def worker_pids(master: int) -> list[int]:
+    """The gunicorn workers: the children of the master process."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == master:
+                    pids.append(int(entry.name))
+    return sorted(pids)
+
+
 def stop(process: subprocess.Popen) -> None:
     """SIGTERM (gunicorn's graceful shutdown); kill after 20 s."""
     if process.poll() is None:

@@ -174,6 +174,17 @@ def test_replay_store_settings(runner, tmp_path, ehr_jwks):
     assert "replay store: redis://:***@cache.example.org:6379/0; when it is down: memory" in out and ":pw@" not in out
 
 
+def test_outbox_dir(tmp_path, ehr_jwks):
+    settings = config.load_settings(write(tmp_path, PRODUCTION), {"HOME": "/home/cds"})
+    assert settings.outbox_dir == config.Path("/home/cds/.local/share/lumbar-mri-cds/outbox")  # PostgreSQL
+    settings = config.load_settings(write(tmp_path, 'outbox_dir = "spool"\n' + PRODUCTION), {})
+    assert settings.outbox_dir == tmp_path / "spool"  # relative to the configuration file
+    environ = {"LUMBAR_MRI_CDS_OUTBOX_DIR": "/tmp/outbox"}
+    assert config.load_settings(write(tmp_path, PRODUCTION), environ).outbox_dir == config.Path("/tmp/outbox")
+    sqlite = PRODUCTION.replace("postgresql://cds:s3cret@db.example.org/cds", "sqlite:///cds.db")
+    assert config.load_settings(write(tmp_path, sqlite), {}).outbox_dir is None  # beside the database file
+
+
 def test_environment_can_switch_to_production_but_not_past_its_rules(tmp_path):
     with pytest.raises(ConfigError, match="at least one"):
         config.load_settings(None, {"LUMBAR_MRI_CDS_PROFILE": "production", "HOME": str(tmp_path)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
@@ -166,3 +167,45 @@ def test_serve_warns_beyond_loopback_without_a_proxy(host, behind_proxy, warns):
     assert (warning is not None) == warns
     if warns:
         assert "--behind-proxy" in warning and "deploy/nginx.conf" in warning
+
+
+def test_cards_answered_by_a_killed_worker_are_not_lost(tmp_path, jwks_file, signer):
+    """kill -9 of a worker whose card writer could not commit yet (the store's cards table locked):
+    the worker that replaces it recovers the cards from the outbox, so feedback on them is accepted."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from service.store import schema
+    from tests.serving import worker_pids
+
+    port = free_port()
+    database = tmp_path / "serve.db"
+    config = write_config(tmp_path, port=port, jwks_file=jwks_file, issuer=ISSUER)
+    base = f"http://127.0.0.1:{port}"
+    with serving(config, port, workers=1) as process:
+        lock = sqlite3.connect(database, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # the replay file is another one: calls are still answered
+        uuids = []
+        for _ in range(5):
+            response = call(base, signer, "/cds-services/order-select",
+                            fhir.load_request("acute-uncomplicated", shift_to=date.today()))
+            assert response.status_code == 200
+            uuids += [c["uuid"] for c in response.json()["cards"]]
+        (worker,) = worker_pids(process.pid)
+        os.kill(worker, signal.SIGKILL)
+        lock.execute("ROLLBACK")
+        lock.close()
+        engine = schema.create_engine(f"sqlite:///{database}")
+        deadline = time.monotonic() + 20
+        found: set[str] = set()
+        while time.monotonic() < deadline and found != set(uuids):
+            time.sleep(0.2)
+            with engine.connect() as conn:
+                found = set(conn.execute(sa.select(schema.cards.c.card_uuid)).scalars())
+        engine.dispose()
+        assert found >= set(uuids)
+        feedback = {"feedback": [{"card": uuids[0], "outcome": "overridden", "outcomeTimestamp": "2026-01-01T10:00:00Z",
+                                  "overrideReason": {"reason": {"code": "patient-preference"}}}]}
+        response = call(base, signer, "/cds-services/order-select/feedback", feedback)
+        assert response.status_code == 200, response.text
