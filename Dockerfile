@@ -22,10 +22,12 @@ RUN pip install . \
 WORKDIR /
 USER cds
 
-# The configuration file (mount it here) and the directory where gunicorn workers keep their
-# Prometheus counts, so that /metrics adds up all workers (emptied by `serve` at start).
+# The configuration file (mount it here), the directory where gunicorn workers keep their
+# Prometheus counts, so that /metrics adds up all workers (emptied by `serve` at start), and the card
+# outbox (issued cards until they are in the database; it must outlive a worker, not the container).
 ENV LUMBAR_MRI_CDS_CONFIG=/etc/lumbar-mri-cds/config.toml \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
+    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus \
+    LUMBAR_MRI_CDS_OUTBOX_DIR=/tmp/outbox
 
 EXPOSE 8000
 

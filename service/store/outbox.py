@@ -38,6 +38,8 @@ from typing import Any
 
 import orjson
 
+from service.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 MAX_BYTES = 200_000_000  # unwritten rows kept on disk per worker before cards are no longer journalled
@@ -51,11 +53,15 @@ class Outbox:
     """One worker's outbox files in ``directory`` (created when missing)."""
 
     def __init__(self, directory: Path, *, max_bytes: int = MAX_BYTES) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self._max_bytes = max_bytes
         self._id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._lock_fd = os.open(directory / f"{self._id}{LOCK}", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(directory / f"{self._id}{LOCK}", os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"outbox_dir {directory} cannot be used ({exc.strerror}): set outbox_dir "
+                              "(or LUMBAR_MRI_CDS_OUTBOX_DIR) to a writable local directory") from None
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # ours while this process lives
         self._fd = self._open()
         self._segments: list[Path] = []

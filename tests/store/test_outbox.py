@@ -133,3 +133,12 @@ def test_outbox_directory():
     assert outbox.directory_for(None, "sqlite:////var/lib/cds/cds.db") == outbox.Path("/var/lib/cds/cds.outbox")
     assert outbox.directory_for(None, "postgresql://db/cds") is None
     assert outbox.directory_for(outbox.Path("/x"), "postgresql://db/cds") == outbox.Path("/x")
+
+
+def test_an_unusable_outbox_directory_is_a_configuration_error(tmp_path):
+    from service.errors import ConfigError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="outbox_dir .* cannot be used"):
+        outbox.Outbox(blocker / "outbox")
