@@ -9,7 +9,8 @@ click's exceptions carry ``exit_code``. ``web/errors.py`` is the one place they 
     ├── NotAuthenticated      401  bad or missing bearer token (the body says nothing)
     ├── UnknownService        404  no such CDS service
     ├── DataUnobtainable      412  neither prefetch nor the FHIR server gave what the rules need
-    └── StoreUnavailable      503  the database cannot be reached
+    ├── StoreUnavailable      503  the database cannot be reached
+    └── DeadlineExceeded      503  the call can no longer be answered within its deadline
     ConfigError                    the configuration is unusable (start-up, check-config)
 """
 
@@ -75,3 +76,12 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the file and key."""
 
     exit_code: ClassVar[int] = 2
+
+
+class DeadlineExceeded(ServiceError):
+    """The call can no longer be answered within its deadline (queued, or waits ran long)."""
+
+    status = 503
+    issue_code = "timeout"
+    exit_code = 1
+    retry_after = 1

@@ -37,11 +37,11 @@ from waitress.adjustments import Adjustments
 
 from service import config
 from service.web import metrics
+from service.web.deadline import ARRIVED_KEY
 from service.web import observability
 
 log = logging.getLogger(__name__)
 
-ARRIVED_KEY = "lumbar_mri_cds.arrived"  # environ: time.monotonic() when the request's first byte came
 WORKER_CLASS = f"{__name__}.BufferedWorker"
 DEFAULT_THREADS = 16          # request threads per worker: calls waiting on FHIR or the store at once
 DEFAULT_CONNECTIONS = 1000    # open connections per worker (slow clients included) before accept pauses

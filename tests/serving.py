@@ -54,7 +54,7 @@ def wait_healthy(process: subprocess.Popen, port: int, output: Callable[[], str]
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"exited with {process.returncode}: {output()[-2000:]}")
-        with contextlib.suppress(requests.ConnectionError):
+        with contextlib.suppress(requests.ConnectionError, requests.Timeout):
             if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                 return
         if time.monotonic() > deadline:
