@@ -69,7 +69,7 @@ class StoreUnavailable(ServiceError):
     status = 503
     issue_code = "transient"
     exit_code = 5
-    retry_after = 5
+    retry_after = 2
 
 
 class ConfigError(Exception):

@@ -49,7 +49,7 @@ from service.store import schema
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 1000  # calls between deletions of expired rows (per worker)
-PROBE_SECONDS = 5.0  # after the store failed, calls skip it this long (and say Retry-After this long)
+PROBE_SECONDS = 2.0  # after the store failed, calls skip it this long (and say Retry-After this long)
 MEMORY_MAX_IDS = 100_000  # per worker, while the store is down (when_down = "memory")
 REDIS_TIMEOUT_SECONDS = 1.0  # connect and each command
 REDIS_PREFIX = "lumbar-mri-cds:jti:"

@@ -46,7 +46,7 @@ def test_locked_replay_store_is_a_fast_503_with_retry_after(client, signer, sett
         first, first_took = call(client, signer)
         second, second_took = call(client, signer)
     assert first.status_code == second.status_code == 503
-    assert first.headers["Retry-After"] == "5"
+    assert first.headers["Retry-After"] == "2"
     assert first.get_json()["issue"][0]["code"] == "transient"
     assert first_took < 2.5        # the lock timeout (about a second), not SQLite's 30 s
     assert second_took < 0.5       # the store is left alone for a few seconds after it failed
