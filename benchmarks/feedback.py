@@ -32,7 +32,7 @@ import psycopg
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from service.store import feedback
+from service.store import card_store
 from service.store import schema
 
 ISSUER = "https://ehr.bench.example"
@@ -116,13 +116,13 @@ def write_config(tmp: Path, key: ec.EllipticCurvePrivateKey, base: str, url: str
     return config
 
 
-def issue_cards(url: str, n: int) -> list[feedback.IssuedCard]:
+def issue_cards(url: str, n: int) -> list[card_store.IssuedCard]:
     """The cards the feedback is about, written before the clock starts."""
     engine = schema.create_engine(url)
     schema.create_schema(engine)
-    store = feedback.CardStore(engine, salt="bench")
+    store = card_store.CardStore(engine, salt="bench")
     cards = [
-        feedback.IssuedCard(
+        card_store.IssuedCard(
             card_uuid=str(uuid.uuid4()), suggestion_uuids=(str(uuid.uuid4()),), service_id="order-select",
             rule_id=("acute-uncomplicated", "no-indication", "red-flag")[i % 3], indicator="warning",
             rating="not-appropriate", hook_instance=str(uuid.uuid4()), issuer=ISSUER, tenant=None,
@@ -164,7 +164,7 @@ def sign(key: ec.EllipticCurvePrivateKey, aud: str) -> str:
     return jwt.encode(claims, key, algorithm="ES384", headers={"kid": KID, "typ": "JWT"})
 
 
-def post_all(url: str, cards: list[feedback.IssuedCard], tokens: list[str], concurrency: int) -> tuple[float, list[float]]:
+def post_all(url: str, cards: list[card_store.IssuedCard], tokens: list[str], concurrency: int) -> tuple[float, list[float]]:
     local = threading.local()
 
     def post(i: int) -> float:

@@ -48,17 +48,14 @@ def main() -> None:
         empty["fhirServer"] = base
         counted: list[int] = []
 
-        def fetch(queries, partial):
-            result = fetcher.fetch(base=base, access_token=None, queries=queries, continue_from=partial)
-            counted.append(result.requests_made)
-            return result
-
         def run(body: dict) -> list[float]:
             samples = []
             for _ in range(args.requests):
                 start = time.perf_counter()
                 request = envelope.parse_request(body, hook=body["hook"])
-                evaluation = evaluator.evaluate(request, fhir.AS_OF, fetch)
+                call = fetcher.for_call(base=base, access_token=None, deadline=time.monotonic() + 4.0)
+                evaluation = evaluator.evaluate(request, fhir.AS_OF, call)
+                counted.extend(result.requests_made for _, result in call.fetches)
                 samples.append((time.perf_counter() - start) * 1000)
                 assert evaluation.cards, "the fixture should produce a card"
             return samples

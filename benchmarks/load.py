@@ -330,11 +330,9 @@ def fhir_requests_per_call(body: dict[str, Any]) -> int:
     request = envelope.parse_request(body, hook="order-select")
     evaluator = pipeline.Evaluator.load()
     with fhir_client.FhirFetcher(timeout_seconds=2.0, max_pages=10, max_bytes=20_000_000) as fetcher:
-        def fetch(queries: Any, partial: Any) -> Any:
-            return fetcher.fetch(base=request.fhir_server, access_token="benchmark-token", queries=queries,
-                                 continue_from=partial, deadline=time.monotonic() + 3.8)
-
-        evaluation = evaluator.evaluate(request, date.today(), fetch)
+        call = fetcher.for_call(base=request.fhir_server, access_token="benchmark-token",
+                                deadline=time.monotonic() + 3.8)
+        evaluation = evaluator.evaluate(request, date.today(), call)
     return evaluation.record.fhir_requests if evaluation.record else 0
 
 
@@ -374,8 +372,8 @@ def profile_summary(path: Path, top: int = 30) -> list[tuple[float, str]]:
         frames = {_frame(f) for f in stack.split(";")}
         for frame in frames:
             counts[frame] = counts.get(frame, 0) + int(n)
-    wanted = ("routes.py", "pipeline.py", "cards.py", "actions.py", "extract.py", "prefetch.py", "envelope.py",
-              "jwt.py", "replay.py", "feedback.py", "observability.py", "metrics.py", "auth.py", "cors.py",
+    wanted = ("hooks.py", "pipeline.py", "cards.py", "actions.py", "extract.py", "prefetch.py", "envelope.py",
+              "jwt.py", "replay.py", "card_store.py", "card_writer.py", "observability.py", "metrics.py", "auth.py", "cors.py",
               "api_jws.py", "algorithms.py", "wsgi.py", "app.py", "default.py")
     rows = [(n * 100 / max(1, total), f) for f, n in counts.items() if any(f"({w})" in f for w in wanted)]
     return sorted(rows, reverse=True)[:top]

@@ -18,11 +18,11 @@ import click
 import orjson
 
 from service import config
+from service import config_check
 from service.errors import ConfigError
 from service.errors import InvalidRequest
 from service.errors import ServiceError
 from service.errors import StoreUnavailable
-from service.security import report as security_report
 
 CONFIG_HELP = f"TOML configuration file (default: ${config.CONFIG_ENV}, else the development profile)"
 
@@ -43,7 +43,29 @@ def cli() -> None:
     """A CDS Hooks service that reviews lumbar spine MRI orders against imaging guidelines."""
 
 
-cli.add_command(security_report.check_config)
+@cli.command("check-config")
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+    help="Configuration file (default: $LUMBAR_MRI_CDS_CONFIG, else the development profile).",
+)
+@click.option("--fetch", is_flag=True, help="Also fetch every jwks_url and list its keys.")
+@click.pass_context
+def check_config(ctx: click.Context, config_file: Path | None, fetch: bool) -> None:
+    """Validate a configuration and say what it would trust."""
+    try:
+        if config_file is None and isinstance(ctx.obj, config.Settings):
+            settings = ctx.obj  # built once by the command group
+        else:
+            settings = load(config_file)
+        lines, problems = config_check.describe(settings, fetch=fetch)
+    except ConfigError as exc:
+        click.echo(f"invalid configuration: {exc}", err=True)
+        ctx.exit(ConfigError.exit_code)
+    click.echo("\n".join(lines))
+    if problems:
+        click.echo("\n".join(f"problem: {p}" for p in problems), err=True)
+        ctx.exit(1)
+    click.echo("configuration OK")
 
 
 @cli.command()
@@ -80,7 +102,7 @@ def evaluate(request_file: Path, as_json: bool, today: Any) -> None:
         raise InvalidRequest(f"{request_file}: hook must be one of {', '.join(s.hook for s in pipeline.SERVICES.values())}")
     hook_request = envelope.parse_request(data, hook=spec.hook)
     evaluator = pipeline.Evaluator.load()
-    evaluation = evaluator.evaluate(hook_request, today.date() if today else date.today(), fetch=None)
+    evaluation = evaluator.evaluate(hook_request, today.date() if today else date.today(), fetcher=None)
     if as_json:
         click.echo(orjson.dumps(evaluation.response, option=orjson.OPT_INDENT_2).decode())
     else:

@@ -16,6 +16,7 @@ from service.facts import extract
 from service.facts.codes import ValueSets
 from service.intake import prefetch
 from service.intake.envelope import HookRequest
+from service.jsonutil import compact
 from service.render import cards as render
 from service.rules import engine
 from service.rules.table import RuleTable
@@ -70,9 +71,6 @@ class Evaluation:
     record: prefetch.PatientRecord | None = None
 
 
-FetchFn = prefetch.Fetch
-
-
 class Evaluator:
     """Value sets, rule table and card content, loaded and checked once; evaluates requests."""
 
@@ -98,12 +96,12 @@ class Evaluator:
         wanted = set(request.selections or ())
         return [r for r in drafts if f"ServiceRequest/{r.get('id')}" in wanted]
 
-    def evaluate(self, request: HookRequest, today: date, fetch: FetchFn | None = None) -> Evaluation:
+    def evaluate(self, request: HookRequest, today: date, fetcher: prefetch.Fetcher | None = None) -> Evaluation:
         """Review the call's lumbar MRI orders; 412 (DataUnobtainable) when required data is missing."""
         orders = self.orders_to_review(request)
         if not orders:
             return Evaluation(response={"cards": []})
-        record = prefetch.resolve(request.prefetch, self.templates, request.patient_id, fetch)
+        record = prefetch.resolve(request.prefetch, self.templates, request.patient_id, fetcher)
         patient = extract.extract_patient(record, self.value_sets, today)
         evaluation = Evaluation(response={"cards": []}, record=record, orders_reviewed=len(orders))
         if patient.age is None or patient.age < ADULT_AGE:
@@ -127,5 +125,5 @@ class Evaluator:
             # 2.0's top-level systemActions, and the copy the sandbox's PAMA screen reads.
             response["systemActions"] = system_actions
             response["extension"] = {"systemActions": system_actions}
-        evaluation.response = {"cards": [], **render.compact(response)}  # `cards` is required, even empty
+        evaluation.response = {"cards": [], **compact(response)}  # `cards` is required, even empty
         return evaluation

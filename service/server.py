@@ -69,7 +69,7 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
 def worker_app(factory: Callable[[], Any]) -> Any:
     """Build a worker's app, then move what start-up allocated (modules, schemas, value sets, card
     content) out of the garbage collector's reach: its full collections then scan only what
-    requests allocate (they cost about 0.1 ms a call before; benchmarks/README.md)."""
+    requests allocate (benchmarks/README.md)."""
     app = factory()
     gc.collect()
     gc.freeze()
@@ -87,7 +87,7 @@ def run(settings: config.Settings, *, host: str, port: int, workers: int, thread
     """Serve until SIGTERM or SIGINT (gunicorn's graceful shutdown)."""
     # Check everything that can fail (card content, value sets, database, keys) in the master, so a
     # bad configuration stops the command with a clear message instead of a crash loop of workers.
-    from service.app import build_services
+    from service.services import build_services
 
     build_services(settings).close()
     warning = proxy_warning(host, behind_proxy=behind_proxy)

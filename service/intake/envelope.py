@@ -52,12 +52,17 @@ def parse_json(body: bytes, limits: LimitsSettings = _DEFAULT_LIMITS) -> Any:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the body is not valid JSON ({exc.msg} at position {exc.pos})") from None
+    check_limits(data, len(body), limits)
+    return data
+
+
+def check_limits(data: Any, size: int, limits: LimitsSettings) -> None:
+    """InvalidRequest when decoded JSON of ``size`` bytes exceeds the limits (see ``parse_json``)."""
     _check_shape(data, limits.max_json_depth, limits.max_resources)
     # A decoded string never has more characters than its encoded bytes: a body no longer than the
     # string limit (the usual hook call) needs no string check.
-    if len(body) > limits.max_string_length:
+    if size > limits.max_string_length:
         _check_strings(data, limits.max_string_length)
-    return data
 
 
 def _check_shape(data: Any, max_depth: int, max_resources: int) -> None:
@@ -198,8 +203,3 @@ def _draft_orders(value: Any) -> tuple[Mapping[str, Any], ...]:
             )
         resources.append(resource)
     return tuple(resources)
-
-
-def dumps(value: Any) -> bytes:
-    """Encode a response body."""
-    return orjson.dumps(value)

@@ -31,7 +31,6 @@ import time
 import zlib
 from collections.abc import Callable
 from collections.abc import Mapping
-from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait
@@ -48,6 +47,8 @@ import requests.auth
 import urllib3
 import urllib3.exceptions
 
+from service.security.fhir_servers import normalized_base
+
 log = logging.getLogger(__name__)
 
 _FHIR_JSON = "application/fhir+json"
@@ -56,7 +57,6 @@ _CHUNK_BYTES = 64 * 1024
 _ISSUE_CODE = re.compile(r"[a-z][a-z-]{0,39}")  # OperationOutcome issue codes and severities (closed value sets)
 _ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS, "identity": None, "": None}
 _READ_QUERY = re.compile(r"[A-Za-z]+/[A-Za-z0-9\-.]{1,64}")  # `Patient/123`: a read, not a search
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class FhirFetchError(Exception):
@@ -73,16 +73,6 @@ class FetchResult:
     resources: Mapping[str, tuple[dict, ...]]  # prefetch key -> resources (Bundle entries flattened, or the one read)
     failures: Mapping[str, str]                # prefetch key -> reason it could not be had
     requests_made: int                         # HTTP requests sent, all keys and pages together
-
-
-def base_allowed(base: str, allowed: Sequence[str] | None) -> bool:
-    """Whether ``base`` is an http(s) FHIR base on the allowlist (``None``: any, for development)."""
-    origin = _normalized_base(base)
-    if origin is None:
-        return False
-    if allowed is None:
-        return True
-    return any(origin == _normalized_base(candidate) for candidate in allowed)
 
 
 class FhirFetcher:
@@ -129,7 +119,7 @@ class FhirFetcher:
         continue_from = continue_from or {}
         keys = list(dict.fromkeys([*queries, *continue_from]))
         counter = _Counter()
-        if _normalized_base(base) is None:
+        if normalized_base(base) is None:
             return _result({}, {key: "invalid FHIR base" for key in keys}, counter)
         session = self._session(base)
         futures: dict[str, Future[tuple[dict, ...]]] = {}
@@ -176,9 +166,13 @@ class FhirFetcher:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def for_call(self, *, base: str, access_token: str | None, deadline: float) -> CallFetcher:
+        """The fetcher of one hook call: this base and token only, bounded by the call's deadline."""
+        return CallFetcher(self, base=base, access_token=access_token, deadline=deadline)
+
     def _session(self, base: str) -> requests.Session:
         """The pooled session for this base, made once; it is only read afterwards, so threads share it."""
-        origin = _normalized_base(base)
+        origin = normalized_base(base)
         assert origin is not None  # checked by the caller
         with self._lock:
             if self._closed:
@@ -264,6 +258,47 @@ class FhirFetcher:
         return resource
 
 
+class CallFetcher:
+    """What one hook call may fetch from its EHR's FHIR server, and what it did fetch.
+
+    Built per call: ``FhirFetcher.for_call`` for a base the caller may send its token to, or
+    ``refusing`` for one it may not (nothing is contacted; every key fails with the reason). It is
+    what ``prefetch.resolve`` asks for the keys prefetch lacks. ``fetches`` lists every fetch made:
+    the keys asked, in order, and the result.
+    """
+
+    def __init__(self, client: FhirFetcher | None, *, base: str, access_token: str | None, deadline: float) -> None:
+        self._client = client          # None: refusing
+        self._base = base
+        self._token = access_token     # never logged, sent only to ``base``
+        self._deadline = deadline      # a time.monotonic() value
+        self._refusal = ("", "")       # (reason, issuer) when refusing
+        self.fetches: list[tuple[tuple[str, ...], FetchResult]] = []
+
+    @classmethod
+    def refusing(cls, base: str, *, issuer: str, reason: str) -> CallFetcher:
+        """A fetcher for a base this issuer may not reach: it contacts nothing, every key fails with ``reason``."""
+        fetcher = cls(None, base=base, access_token=None, deadline=0.0)
+        fetcher._refusal = (reason, issuer)
+        return fetcher
+
+    def fetch(
+        self, queries: Mapping[str, str], continue_from: Mapping[str, tuple[tuple[dict, ...], str]]
+    ) -> FetchResult:
+        """Fetch these keys (a key in ``continue_from`` follows its next link) by the call's deadline."""
+        if self._client is None:
+            reason, issuer = self._refusal
+            log.warning("fhirServer not allowed for issuer %s; not contacted", issuer)
+            result = FetchResult(resources={}, failures={key: reason for key in queries}, requests_made=0)
+        else:
+            result = self._client.fetch(
+                base=self._base, access_token=self._token, queries=queries,
+                continue_from=continue_from, deadline=self._deadline,
+            )
+        self.fetches.append((tuple(dict.fromkeys([*queries, *continue_from])), result))
+        return result
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Job:
     key: str                                              # prefetch key
@@ -330,28 +365,13 @@ def _result(resources: dict[str, tuple[dict, ...]], failures: dict[str, str], co
     )
 
 
-def _normalized_base(base: str) -> tuple[str, str, int, str] | None:
-    """(scheme, host, port, path without trailing slash), or None if not a plain http(s) base URL."""
-    try:
-        parts = urlsplit(base.strip())
-        port = parts.port
-    except (ValueError, AttributeError):
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.hostname:
-        return None
-    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
-        return None
-    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme], parts.path.rstrip("/")
-
-
 def _within_base(job: _Job, url: str) -> str:
     """Resolve a next link against the base, dot segments included; refuse one that leaves it (it
     would carry the token). The resolved URL is what gets requested."""
     parts = urlsplit(urljoin(job.base + "/", url.strip()))
     path = _resolved_path(parts.path)
-    base = _normalized_base(job.base)
-    target = _normalized_base(urlunsplit((parts.scheme, parts.netloc, path or "/", "", "")))
+    base = normalized_base(job.base)
+    target = normalized_base(urlunsplit((parts.scheme, parts.netloc, path or "/", "", "")))
     if path is None or base is None or target is None or target[:3] != base[:3]:
         raise FhirFetchError(job.key, "next link outside the FHIR base")
     base_path = _resolved_path(base[3] or "/") or "/"

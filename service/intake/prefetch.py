@@ -9,11 +9,11 @@ the call fail with 412.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
+from typing import Protocol
 
 from service.errors import DataUnobtainable
 from service.errors import InvalidRequest
@@ -112,25 +112,30 @@ def _next_link(bundle: Mapping[str, Any]) -> str | None:
     return None
 
 
-Fetch = Callable[[Mapping[str, str], Mapping[str, tuple[tuple[Mapping[str, Any], ...], str]]], Any]
+class Fetcher(Protocol):
+    """What reads the keys prefetch lacks (``fhir_client.CallFetcher``): queries, and paged prefetch to continue."""
+
+    def fetch(self, queries: Mapping[str, str], continue_from: Mapping[str, tuple[tuple[Any, ...], str]]) -> Any:
+        """A result with ``resources``, ``failures`` and ``requests_made`` (``fhir_client.FetchResult``)."""
+        ...
 
 
 def resolve(
     prefetch: Mapping[str, Any],
     templates: Mapping[str, str],
     patient_id: str,
-    fetch: Fetch | None,
+    fetcher: Fetcher | None,
 ) -> PatientRecord:
-    """Combine prefetch with what ``fetch`` obtains; 412 when a required key cannot be had."""
+    """Combine prefetch with what ``fetcher`` obtains; 412 when a required key cannot be had."""
     resolution = split_prefetch(prefetch, templates)
     resources = resolution.resources
     failures: dict[str, str] = {}
     fetched: tuple[str, ...] = ()
     requests_made = 0
     wanted = resolution.missing + list(resolution.partial)
-    if wanted and fetch is not None:
+    if wanted and fetcher is not None:
         queries = {k: templates[k].replace(PATIENT_TOKEN, patient_id) for k in wanted}
-        result = fetch(queries, resolution.partial)
+        result = fetcher.fetch(queries, resolution.partial)
         for key, got in result.resources.items():
             resources[key] = list(got)
         failures.update(result.failures)

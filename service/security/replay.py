@@ -8,8 +8,8 @@ check anyway; such rows are deleted every ``PRUNE_EVERY`` calls.
 
 The `jti` is stored as its SHA-256, so the key has a fixed size whatever the EHR sends.
 
-Its writes do not wait for the disk (``schema.create_engine(power_safe=False)``): the fsync per call
-was a quarter of a worker's time (benchmarks/README.md). A row survives a crash of the process or the
+Its writes do not wait for the disk (``schema.create_engine(power_safe=False)``): an fsync per call
+would be the largest part of a worker's time (benchmarks/README.md). A row survives a crash of the process or the
 worker; only a power loss or an OS crash can drop the last moments' rows, after which a token
 captured in those seconds could be replayed once within its lifetime (5 minutes for the sandbox,
 1 hour at most here). Feedback and cards stay fully durable.
@@ -142,8 +142,8 @@ class ReplayCache:
         return result.rowcount
 
     def _insert(self, iss: str, digest: str, expires_at: int) -> bool:
-        # Straight through the driver: SQLAlchemy's execution layer cost twice the INSERT itself
-        # (benchmarks/README.md). The statement is compiled once, in the database's own paramstyle.
+        # Straight through the driver, past SQLAlchemy's execution layer, which costs more than the
+        # INSERT itself (benchmarks/README.md). The statement is compiled once, in the database's own paramstyle.
         try:
             connection = self._engine.raw_connection()  # refused or timed out: StoreUnavailable too
         except (self._driver_error, sa.exc.SQLAlchemyError) as exc:

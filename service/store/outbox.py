@@ -1,7 +1,7 @@
 """The card outbox: issued cards on local disk until the card writer has committed them.
 
 A hook call answers before its cards reach the database (the card writer commits them in batches,
-store/feedback.py). So that a worker's death (kill -9, OOM, gunicorn's timeout) cannot lose the cards
+store/card_writer.py). So that a worker's death (kill -9, OOM, gunicorn's timeout) cannot lose the cards
 it had answered with, each answer's card rows are first appended, as one JSON line, to a file of this
 worker's in ``directory``: one ``write`` on an ``O_APPEND`` descriptor, no fsync. The rows are then
 in the kernel's page cache: they survive the death of the process (not a power loss, like the replay

@@ -10,8 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite
 
 from service.errors import ConfigError
+from service.errors import StoreUnavailable
 
 SCHEMA_VERSION = 1
 
@@ -24,7 +27,7 @@ schema_version = sa.Table(
     sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
-# Every card the service issued (store/feedback.py): what feedback is checked against and what the
+# Every card the service issued (store/card_store.py): what feedback is checked against and what the
 # report counts. No patient identifier or clinical data: at most a salted SHA-256 of the patient id.
 # Times are UTC (SQLite keeps them as naive UTC text).
 cards = sa.Table(
@@ -191,3 +194,11 @@ def _create_schema_once(engine: sa.Engine, tables: tuple[sa.Table, ...] | None) 
         if SCHEMA_VERSION not in present:
             conn.execute(sa.insert(schema_version).values(version=SCHEMA_VERSION))
 
+
+def insert_ignore(conn: sa.Connection, table: sa.Table) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING in the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    raise StoreUnavailable(f"unsupported database: {conn.dialect.name}")

@@ -8,16 +8,13 @@ without a token.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from flask import request
 
 from service import errors
 from service.config import Profile
-
-if TYPE_CHECKING:
-    from service.app import Services
-    from service.security.jwt import Claims
+from service.security.jwt import Claims
+from service.services import Services
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from flask import Response
 from flask import current_app
 from flask import request
 
+from service.services import services_of
+
 ALLOW_HEADERS = "Authorization, Content-Type"
 ALLOW_METHODS = "GET, POST, OPTIONS"
 MAX_AGE_SECONDS = 600  # browsers cache the preflight this long (Chrome caps it at 7200)
-
-_EXTENSION_KEY = "lumbar_mri_cds"
 
 # /cds-services, /cds-services/{id}, /cds-services/{id}/feedback
 _CDS_PATH = re.compile(r"^/cds-services(?:/[^/]+(?:/feedback)?)?/?$")
@@ -39,9 +39,7 @@ def allowed_origin(origin: str | None) -> str | None:
     """The value for Access-Control-Allow-Origin, or None when this origin is not allowed."""
     if not origin:
         return None
-    # The app's Services (service.app.EXTENSION_KEY), looked up without importing service.app,
-    # which imports this module.
-    cors = current_app.extensions[_EXTENSION_KEY].settings.cors
+    cors = services_of(current_app).settings.cors
     if cors.any_origin or origin.rstrip("/").lower() in {o.lower() for o in cors.allow_origins}:
         return origin
     return None

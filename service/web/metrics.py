@@ -1,4 +1,4 @@
-"""``GET /metrics``: Prometheus text for operators, from a registry that belongs to one app.
+"""The Prometheus metrics of one app (served at ``GET /metrics`` by web/operations.py).
 
 Every label value comes from a closed set (our service ids, rule ids, indicators, ratings, prefetch
 keys, HTTP statuses), never from the request, so a caller cannot grow the number of series.
@@ -13,25 +13,18 @@ two apps in one process, as in the tests, never share a count.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 from typing import Any
 
 from flask import Flask
-from flask import Response
-from flask import current_app
-from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter
 from prometheus_client import Histogram
 from prometheus_client import generate_latest
 from prometheus_client import multiprocess
 
-if TYPE_CHECKING:
-    from service.intake.fhir_client import FetchResult
-    from service.pipeline import Evaluation
+from service.call_record import CallRecord
 
 EXTENSION_KEY = "lumbar_mri_cds.metrics"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -47,8 +40,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry, *, multiprocess_dir: str | None = None) -> None:
         self.registry = registry
         self.multiprocess_dir = multiprocess_dir
-        # (metric, label values) -> child: prometheus-client's labels() validates and locks on each call,
-        # which was most of the cost of counting a request; the label sets are closed, so this stays small.
+        # (metric, label values) -> child, so labels() (which validates and locks) runs once per label
+        # set; the label sets are closed, so this stays small.
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             f"{PREFIX}_requests", "HTTP requests answered, by endpoint, CDS service and status",
@@ -81,29 +74,21 @@ class Metrics:
         self._child(self.requests, labels).inc()
         self._child(self.latency, labels).observe(seconds)
 
-    def observe_evaluation(self, service: str, evaluation: Evaluation, templates: Iterable[str]) -> None:
-        """Count the cards, ratings and prefetch use of one evaluated hook call."""
-        for card in evaluation.cards:
-            self._child(self.cards, (service, card.rule_id, str(card.card.get("indicator", "-")))).inc()
-        for rule, rating in evaluation.ratings.items():
+    def observe_call(self, service: str, call: CallRecord, *, answered: bool) -> None:
+        """Count what one call did: FHIR fetches, cards, ratings, prefetch use, and (answered) feedback."""
+        for fetch in call.fhir_fetches:
+            self.fhir_requests.inc(fetch.requests_made)
+            for key in fetch.keys:
+                self._child(self.fhir_fetches, (key, "failed" if key in fetch.failed else "ok")).inc()
+        for card in call.cards:
+            self._child(self.cards, (service, card.rule_id, card.indicator)).inc()
+        for rule, rating in call.ratings.items():
             self._child(self.ratings, (service, rule, rating)).inc()
-        record = evaluation.record
-        if record is None:
-            return
-        for key in templates:
-            source = "unavailable" if key in record.unavailable else "fhir" if key in record.fetched_keys else "prefetch"
+        for key, source in (call.prefetch or {}).items():
             self._child(self.prefetch, (key, source)).inc()
-
-    def observe_fetch(self, result: FetchResult, keys: Iterable[str]) -> None:
-        """Count one FHIR fetch: its HTTP requests and each key's result."""
-        self.fhir_requests.inc(result.requests_made)
-        for key in keys:
-            self._child(self.fhir_fetches, (key, "failed" if key in result.failures else "ok")).inc()
-
-    def observe_feedback(self, service: str, outcomes: Iterable[str]) -> None:
-        """Count stored feedback items."""
-        for outcome in outcomes:
-            self._child(self.feedback, (service, outcome)).inc()
+        if answered:
+            for outcome in call.feedback_outcomes:
+                self._child(self.feedback, (service, outcome)).inc()
 
     def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
         child = self._children.get((metric, labels))
@@ -136,21 +121,15 @@ def prepare_multiprocess_dir(environ: Mapping[str, str]) -> None:
         stale.unlink(missing_ok=True)
 
 
-def register(app: Flask) -> Metrics:
-    """Give the app its Metrics and the ``GET /metrics`` route."""
+def install(app: Flask) -> Metrics:
+    """Give the app its Metrics (``GET /metrics`` serves them: web/operations.py)."""
     # Read at start-up, like prometheus-client itself (it picks file-backed values at import time).
     directory = os.environ.get(MULTIPROC_ENV) or None
     metrics = Metrics(CollectorRegistry(auto_describe=True), multiprocess_dir=directory)
     app.extensions[EXTENSION_KEY] = metrics
-    app.add_url_rule("/metrics", "metrics", serve_metrics, methods=["GET"])
     return metrics
 
 
 def metrics_of(app: Flask) -> Metrics:
     """The Metrics of this app."""
     return app.extensions[EXTENSION_KEY]
-
-
-def serve_metrics() -> Response:
-    """GET /metrics: Prometheus text exposition (no token: it holds no patient data)."""
-    return Response(metrics_of(current_app).exposition(), content_type=CONTENT_TYPE_LATEST)

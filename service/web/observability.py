@@ -7,8 +7,9 @@ and which had to be fetched or stayed unavailable, and FHIR request counts. It n
 names, codes, request or response bodies; the patient id appears only as a salted hash
 (``patient_hash_salt``), the same one the store keeps.
 
-The view tells this module what it learnt through ``flask.g``: ``g.issuer``, ``g.hook_request``,
-``g.evaluation``, and ``g.fhir_fetches`` (filled by ``counted``, which wraps the FHIR fetch).
+What a call was about comes in its ``CallRecord``: the hooks and feedback blueprints attach one to
+each of their requests (``attach``) and their views fill it as they go (``current_call``). This
+module knows nothing of the pipeline or the store.
 ``JsonFormatter`` renders every log record of the process as one JSON object per line; ``serve``
 installs it through ``logging_config`` so gunicorn workers write these lines to stderr.
 """
@@ -22,7 +23,6 @@ import traceback
 from datetime import UTC
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING
 from typing import Any
 
 import orjson
@@ -32,21 +32,18 @@ from flask import current_app
 from flask import g
 from flask import request
 
-from service.pipeline import SERVICES
-from service.store.feedback import patient_hash
+from service import call_record
+from service.call_record import CallRecord
+from service.security.pseudonyms import patient_hash
+from service.services import services_of
 from service.web import errors as web_errors
 from service.web import metrics
-
-if TYPE_CHECKING:
-    from service.intake.fhir_client import FetchResult
-    from service.intake.prefetch import Fetch
 
 REQUEST_LOGGER = "lumbar_mri_cds.request"
 log = logging.getLogger(REQUEST_LOGGER)
 
 # hookInstance is meant to be a UUID; anything else (it is caller-controlled text) is not logged.
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,80}")
-_FEEDBACK_OUTCOMES = ("accepted", "overridden")
 
 # Libraries whose debug lines carry URLs with patient ids (urllib3 logs every FHIR query it sends):
 # kept at WARNING by ``logging_config`` whatever the configured level.
@@ -54,29 +51,28 @@ QUIET_LOGGERS = ("urllib3",)
 
 
 def register(app: Flask) -> None:
-    """Time, log and count every request; give the app ``GET /metrics``.
+    """Time, log and count every request (its Metrics are served by ``web/operations.py``).
 
-    Register before the other routes and hooks, so that the timer starts before CORS answers a
-    preflight and the line is written after every other ``after_request`` changed the response.
+    Register before the other hooks, so that the timer starts before CORS answers a preflight and
+    the line is written after every other ``after_request`` changed the response.
     """
-    metrics.register(app)
+    metrics.install(app)
     app.before_request(_start)
     app.after_request(_finish)
     app.teardown_request(_teardown)
 
 
-def counted(fetch: Fetch | None) -> Fetch | None:
-    """Wrap a FHIR fetch function so that the request line and metrics see what it did."""
-    if fetch is None:
-        return None
+def attach(call: CallRecord) -> None:
+    """Make ``call`` this request's record: the request line and metrics read it when the answer goes."""
+    g.call_record = call
 
-    def counting(queries: Any, partial: Any) -> FetchResult:
-        result = fetch(queries, partial)
-        keys = tuple(dict.fromkeys([*queries, *partial]))
-        g.setdefault("fhir_fetches", []).append((keys, result))
-        return result
 
-    return counting
+def current_call() -> CallRecord:
+    """This request's record (an empty one is attached when no view started one)."""
+    call = g.get("call_record")
+    if call is None:
+        call = g.call_record = CallRecord()
+    return call
 
 
 def _start() -> None:
@@ -100,7 +96,7 @@ def _observe(status: int, response: Response | None) -> None:
     g.observed = True
     try:
         seconds = time.perf_counter() - g.get("started", time.perf_counter())
-        endpoint = request.endpoint or "-"
+        endpoint = (request.endpoint or "-").rpartition(".")[2]  # the view, without its blueprint
         service = _service_label()
         fields = _request_fields(endpoint, service, status, seconds)
         if response is not None and status >= 400:
@@ -116,8 +112,8 @@ def _observe(status: int, response: Response | None) -> None:
 
 
 def _service_label() -> str:
-    service_id = (request.view_args or {}).get("service_id")
-    return service_id if service_id in SERVICES else "-"
+    service_id = current_call().service_id
+    return service_id if service_id is not None else "-"
 
 
 def _request_fields(endpoint: str, service: str, status: int, seconds: float) -> dict[str, Any]:
@@ -129,7 +125,7 @@ def _request_fields(endpoint: str, service: str, status: int, seconds: float) ->
         "status": status,
         "latency_ms": round(seconds * 1000, 2),
     }
-    issuer = g.get("issuer")
+    issuer = current_call().issuer
     if issuer:
         fields["issuer"] = issuer
     return fields
@@ -152,52 +148,30 @@ def _error_fields(response: Response) -> dict[str, Any]:
 def _call_fields() -> dict[str, Any]:
     """What a hook call was about and what it decided: ids, keys and counts only."""
     fields: dict[str, Any] = {}
-    services = current_app.extensions["lumbar_mri_cds"]
-    hook_request = g.get("hook_request")
-    if hook_request is not None:
-        instance = hook_request.hook_instance
+    call = current_call()
+    if call.hook_instance is not None:
+        instance = call.hook_instance
         fields["hook_instance"] = instance if _SAFE_ID.fullmatch(instance) else "(not an id)"
-        fields["patient"] = patient_hash(services.settings.patient_hash_salt, hook_request.patient_id)
-    fetches = g.get("fhir_fetches", ())
-    if fetches:
-        fields["fhir_requests"] = sum(result.requests_made for _, result in fetches)
-        fields["fhir_fetched"] = [k for keys, result in fetches for k in keys if k not in result.failures]
-        fields["fhir_failed"] = [k for keys, result in fetches for k in keys if k in result.failures]
-    evaluation = g.get("evaluation")
-    if evaluation is not None:
-        fields["orders_reviewed"] = evaluation.orders_reviewed
-        fields["rules"] = dict(evaluation.ratings)
-        fields["cards"] = [{"rule": c.rule_id, "indicator": c.card.get("indicator")} for c in evaluation.cards]
-        record = evaluation.record
-        if record is not None:
-            missed = set(record.unavailable) | set(record.fetched_keys)
-            fields["prefetch_hits"] = [k for k in services.evaluator.templates if k not in missed]
-            fields["prefetch_misses"] = [k for k in services.evaluator.templates if k in missed]
-            fields["unavailable"] = list(record.unavailable)
+        fields["patient"] = patient_hash(services_of(current_app).settings.patient_hash_salt, call.patient_id or "")
+    if call.fhir_fetches:
+        fields["fhir_requests"] = sum(f.requests_made for f in call.fhir_fetches)
+        fields["fhir_fetched"] = [k for f in call.fhir_fetches for k in f.keys if k not in f.failed]
+        fields["fhir_failed"] = [k for f in call.fhir_fetches for k in f.keys if k in f.failed]
+    if call.orders_reviewed is not None:
+        fields["orders_reviewed"] = call.orders_reviewed
+        fields["rules"] = dict(call.ratings)
+        fields["cards"] = [{"rule": c.rule_id, "indicator": c.indicator} for c in call.cards]
+        if call.prefetch is not None:
+            fields["prefetch_hits"] = [k for k, s in call.prefetch.items() if s == call_record.FROM_PREFETCH]
+            fields["prefetch_misses"] = [k for k, s in call.prefetch.items() if s != call_record.FROM_PREFETCH]
+            fields["unavailable"] = [k for k, s in call.prefetch.items() if s == call_record.UNAVAILABLE]
     return fields
 
 
 def _count(endpoint: str, service: str, status: int, seconds: float) -> None:
     table = metrics.metrics_of(current_app)
     table.observe_request(endpoint, service, status, seconds)
-    for keys, result in g.get("fhir_fetches", ()):
-        table.observe_fetch(result, keys)
-    evaluation = g.get("evaluation")
-    if evaluation is not None:
-        table.observe_evaluation(service, evaluation, current_app.extensions["lumbar_mri_cds"].evaluator.templates)
-    if endpoint == "feedback" and status == 200:
-        table.observe_feedback(service, _feedback_outcomes())
-
-
-def _feedback_outcomes() -> list[str]:
-    body = request.get_json(silent=True)  # the view's parsed body (Flask caches it); nothing is logged
-    items = body.get("feedback") if isinstance(body, dict) else None
-    if not isinstance(items, list):
-        return []
-    return [
-        item["outcome"] if isinstance(item, dict) and item.get("outcome") in _FEEDBACK_OUTCOMES else "other"
-        for item in items
-    ]
+    table.observe_call(service, current_call(), answered=status == 200)
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,4 +1,4 @@
-"""``GET /openapi.json``: the OpenAPI 3 document of the HTTP interface.
+"""The OpenAPI 3 document of the HTTP interface, served at ``GET /openapi.json`` (web/operations.py).
 
 The document is kept in the repository beside this module (``service/web/openapi.json``, installed as
 package data) and checked by tests/web/test_fuzz.py, which fuzzes the app against it.
@@ -10,8 +10,6 @@ from importlib import resources
 from typing import Any
 
 import orjson
-from flask import Flask
-from flask import Response
 
 DOCUMENT = "openapi.json"
 
@@ -21,15 +19,9 @@ def load_document() -> dict[str, Any]:
     return orjson.loads(resources.files("service.web").joinpath(DOCUMENT).read_bytes())
 
 
-def register(app: Flask, public_base_url: str | None = None) -> None:
-    """Serve the document, naming this deployment's public base URL as its server when known."""
+def document_body(public_base_url: str | None = None) -> bytes:
+    """The document as served: naming this deployment's public base URL as its server when known."""
     document = load_document()
     if public_base_url:
         document["servers"] = [{"url": public_base_url}]
-    body = orjson.dumps(document)
-
-    def openapi() -> Response:
-        """GET /openapi.json (no token: it describes the interface, not patients)."""
-        return Response(body, mimetype="application/json")
-
-    app.add_url_rule("/openapi.json", "openapi", openapi, methods=["GET"])
+    return orjson.dumps(document)

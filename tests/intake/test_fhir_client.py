@@ -20,7 +20,7 @@ from werkzeug import Request
 from werkzeug import Response
 
 from service.intake.fhir_client import FhirFetcher
-from service.intake.fhir_client import base_allowed
+from service.security.fhir_servers import base_allowed
 from tests.fhirserver import load_bundle
 from tests.fhirserver import running_fhir_server
 

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from service.store import feedback
+from service.store import card_store as feedback
 from service.store import outbox
 from service.store import schema
 from tests.store import databases

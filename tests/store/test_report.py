@@ -10,10 +10,11 @@ from datetime import timezone
 
 import pytest
 
-from service.store import feedback
+from service.store import card_store
 from service.store import report
 from service.store import schema
 from tests.store import databases
+from tests.store.recording import record_feedback
 
 
 class Clock:
@@ -40,7 +41,7 @@ def clock():
 
 @pytest.fixture
 def store(engine, clock):
-    store = feedback.CardStore(engine, salt="s", clock=clock)
+    store = card_store.CardStore(engine, salt="s", clock=clock)
     yield store
     store.close()
 
@@ -48,7 +49,7 @@ def store(engine, clock):
 def issue(store, rule_id="acute-uncomplicated", *, on=None, clock=None):
     if on is not None:
         clock.now = on
-    card = feedback.IssuedCard(
+    card = card_store.IssuedCard(
         card_uuid=str(uuid.uuid4()), suggestion_uuids=(str(uuid.uuid4()),), service_id="order-select",
         rule_id=rule_id, indicator="warning", rating=None, hook_instance=str(uuid.uuid4()),
         issuer="https://ehr.example.org", tenant=None, patient_id=None)
@@ -60,7 +61,7 @@ def give(store, card, outcome, at="2025-03-03T10:00:00Z", code=None):
     item = {"card": card.card_uuid, "outcome": outcome, "outcomeTimestamp": at}
     if code is not None:
         item["overrideReason"] = {"reason": {"code": code, "system": "http://example.org/o"}}
-    store.record_feedback("order-select", {"feedback": [item]})
+    record_feedback(store, "order-select", {"feedback": [item]})
 
 
 def test_empty_store(engine):

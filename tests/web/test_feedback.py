@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from service.app import services_of
-from service.store import feedback
+from service.store import card_store
 from service.store import report
 from service.store import schema
 from tests import fhir
@@ -33,7 +33,7 @@ def services(app):
 
 
 def issue(services, *, tenant=None, service_id="order-select"):
-    card = feedback.IssuedCard(
+    card = card_store.IssuedCard(
         card_uuid=str(uuid.uuid4()), suggestion_uuids=(str(uuid.uuid4()),), service_id=service_id,
         rule_id="acute-uncomplicated", indicator="warning", rating="not-appropriate",
         hook_instance=str(uuid.uuid4()), issuer=ISSUER, tenant=tenant, patient_id="pat-1")

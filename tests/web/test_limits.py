@@ -109,6 +109,22 @@ def test_requests_at_a_limit_pass(client, signer, extra):
     assert post(client, signer, request_with(**extra)).status_code == 200
 
 
+FEEDBACK = "/cds-services/order-select/feedback"
+
+
+@pytest.mark.parametrize("extra", [
+    {"deep": nested(LIMITS.max_json_depth)},
+    {"long": "é" * (LIMITS.max_string_length + 1)},
+    {"k" * (LIMITS.max_string_length + 1): 1},
+], ids=["depth", "string", "key"])
+def test_a_feedback_body_past_a_limit_gets_the_same_400_as_a_hook_body(client, signer, extra):
+    hook_answer = post(client, signer, {"hook": "order-select", **extra})
+    feedback_answer = post(client, signer, {"feedback": [{"card": "c", **extra}]}, path=FEEDBACK)
+    assert hook_answer.status_code == feedback_answer.status_code == 400
+    assert outcome(feedback_answer) == outcome(hook_answer)
+    assert outcome(feedback_answer)["diagnostics"].startswith(("the JSON nests deeper", "a JSON"))
+
+
 def test_resources_are_counted_across_prefetch_and_draft_orders(client, signer):
     request = request_with()
     counted = sum(1 for _ in _resources(request))

@@ -1,4 +1,4 @@
-"""service/store/feedback.py and the store's schema, on SQLite and on PostgreSQL."""
+"""service/store/card_store.py and card_writer.py, the feedback items they store, and the store's schema, on SQLite and on PostgreSQL."""
 
 import contextlib
 import logging
@@ -13,10 +13,12 @@ import pytest
 import sqlalchemy as sa
 
 from service import errors
-from service.store import feedback
+from service.security.pseudonyms import patient_hash
+from service.store import card_store
 from service.store import report
 from service.store import schema
 from tests.store import databases
+from tests.store.recording import record_feedback
 
 
 @pytest.fixture(params=databases.KINDS)
@@ -37,13 +39,13 @@ def engine(database_url):
 def store(engine):
     # A short lookup wait keeps the unknown-card cases quick; test_feedback_waits_for_another_worker
     # uses the real one.
-    store = feedback.CardStore(engine, salt="test-salt", lookup_wait=0.2)
+    store = card_store.CardStore(engine, salt="test-salt", lookup_wait=0.2)
     yield store
     store.close()
 
 
 def issue(store, *, rule_id="acute-uncomplicated", service_id="order-select", suggestions=1, **extra):
-    card = feedback.IssuedCard(
+    card = card_store.IssuedCard(
         card_uuid=str(uuid.uuid4()),
         suggestion_uuids=tuple(str(uuid.uuid4()) for _ in range(suggestions)),
         service_id=service_id,
@@ -98,7 +100,7 @@ def writes_blocked(engine, seconds):
 
 def test_round_trip(engine, store):
     a, b, c = issue(store), issue(store), issue(store, rule_id="no-indication")
-    stored = store.record_feedback("order-select", {"feedback": [accepted(a), overridden(b), overridden(c, comment="ok")]})
+    stored = record_feedback(store, "order-select", {"feedback": [accepted(a), overridden(b), overridden(c, comment="ok")]})
     assert stored == 3
     assert report.build_report(engine) == {
         "rules": {
@@ -118,8 +120,8 @@ def test_stored_rows_keep_no_patient_id(engine, store):
     with engine.connect() as conn:
         row = conn.execute(sa.select(schema.cards)).mappings().one()
     assert "PATIENT-4711" not in str(dict(row))
-    assert row["patient_hash"] == feedback.patient_hash("test-salt", "PATIENT-4711")
-    assert row["patient_hash"] != feedback.patient_hash("other-salt", "PATIENT-4711")
+    assert row["patient_hash"] == patient_hash("test-salt", "PATIENT-4711")
+    assert row["patient_hash"] != patient_hash("other-salt", "PATIENT-4711")
     assert row["card_uuid"] == card.card_uuid and row["rule_id"] == "acute-uncomplicated"
 
 
@@ -128,7 +130,7 @@ def test_feedback_fields_are_stored(engine, store):
     item = overridden(card, code="already-imaged", comment="seen last week")
     item["outcomeTimestamp"] = "2025-03-03T12:00:00.123456789+02:00"
     item["extension"] = {"com.example.unknown": True}  # unknown elements are ignored
-    store.record_feedback("order-select", {"feedback": [item], "unknownTopLevel": 1})
+    record_feedback(store, "order-select", {"feedback": [item], "unknownTopLevel": 1})
     with engine.connect() as conn:
         row = conn.execute(sa.select(schema.feedback)).mappings().one()
     assert (row["card_uuid"], row["service_id"], row["outcome"]) == (card.card_uuid, "order-select", "overridden")
@@ -180,7 +182,7 @@ def test_bad_item_is_refused_and_nothing_stored(engine, store, name):
     good, card, other_service = issue(store), issue(store), issue(store, service_id="order-sign")
     body = {"feedback": [accepted(good), make(card, other_service)]}
     with pytest.raises(errors.InvalidRequest) as caught:
-        store.record_feedback("order-select", body)
+        record_feedback(store, "order-select", body)
     assert caught.value.expression == where
     assert where in caught.value.message
     assert count(engine, schema.feedback) == 0
@@ -194,14 +196,14 @@ def test_bad_item_is_refused_and_nothing_stored(engine, store, name):
 )
 def test_bad_body_is_refused(engine, store, body):
     with pytest.raises(errors.InvalidRequest) as caught:
-        store.record_feedback("order-select", body)
+        record_feedback(store, "order-select", body)
     assert caught.value.expression == "feedback"
     assert count(engine, schema.feedback) == 0
 
 
 def test_every_bad_item_is_named(store):
     with pytest.raises(errors.InvalidRequest) as caught:
-        store.record_feedback("order-select", {"feedback": [{"outcome": "maybe"}, 7]})
+        record_feedback(store, "order-select", {"feedback": [{"outcome": "maybe"}, 7]})
     message = caught.value.message
     for where in ("feedback[0].card", "feedback[0].outcome", "feedback[0].outcomeTimestamp", "feedback[1]"):
         assert where in message
@@ -210,7 +212,7 @@ def test_every_bad_item_is_named(store):
 def test_longest_comment_and_bare_override_are_accepted(store):
     card = issue(store)
     bare = {"card": card.card_uuid, "outcome": "overridden", "outcomeTimestamp": "2025-03-03T10:00:00+01:00"}
-    assert store.record_feedback("order-select", {"feedback": [overridden(card, comment="é" * 2000), bare]}) == 2
+    assert record_feedback(store, "order-select", {"feedback": [overridden(card, comment="é" * 2000), bare]}) == 2
 
 
 def test_feedback_from_another_issuer_or_tenant_is_refused(engine, store):
@@ -219,8 +221,8 @@ def test_feedback_from_another_issuer_or_tenant_is_refused(engine, store):
     for issuer, tenant in (("https://other.example.org", "north"), ("https://ehr.example.org", "south"),
                            ("https://ehr.example.org", None)):
         with pytest.raises(errors.InvalidRequest, match="unknown card"):
-            store.record_feedback("order-select", body, issuer=issuer, tenant=tenant)
-    assert store.record_feedback("order-select", body, issuer="https://ehr.example.org", tenant="north") == 1
+            record_feedback(store, "order-select", body, issuer=issuer, tenant=tenant)
+    assert record_feedback(store, "order-select", body, issuer="https://ehr.example.org", tenant="north") == 1
 
 
 # --- duplicates, concurrency, restarts --------------------------------------------------------------
@@ -229,20 +231,20 @@ def test_feedback_from_another_issuer_or_tenant_is_refused(engine, store):
 def test_identical_feedback_is_stored_once(engine, store):
     card = issue(store)
     body = {"feedback": [overridden(card, comment="same")]}
-    assert store.record_feedback("order-select", body) == 1
-    assert store.record_feedback("order-select", body) == 0  # a client retry
-    assert store.record_feedback("order-select", {"feedback": [overridden(card, comment="same")] * 2}) == 0
+    assert record_feedback(store, "order-select", body) == 1
+    assert record_feedback(store, "order-select", body) == 0  # a client retry
+    assert record_feedback(store, "order-select", {"feedback": [overridden(card, comment="same")] * 2}) == 0
     assert count(engine, schema.feedback) == 1
     # Anything different is new feedback.
-    assert store.record_feedback("order-select", {"feedback": [overridden(card, comment="other")]}) == 1
-    assert store.record_feedback("order-select", {"feedback": [overridden(card, at="2025-03-04T10:00:00Z")]}) == 1
+    assert record_feedback(store, "order-select", {"feedback": [overridden(card, comment="other")]}) == 1
+    assert record_feedback(store, "order-select", {"feedback": [overridden(card, at="2025-03-04T10:00:00Z")]}) == 1
     assert count(engine, schema.feedback) == 3
 
 
 def test_same_instant_in_another_offset_is_a_duplicate(engine, store):
     card = issue(store)
-    store.record_feedback("order-select", {"feedback": [accepted(card, at="2025-03-03T10:00:00Z")]})
-    assert store.record_feedback("order-select", {"feedback": [accepted(card, at="2025-03-03T11:00:00+01:00")]}) == 0
+    record_feedback(store, "order-select", {"feedback": [accepted(card, at="2025-03-03T10:00:00Z")]})
+    assert record_feedback(store, "order-select", {"feedback": [accepted(card, at="2025-03-03T11:00:00+01:00")]}) == 0
 
 
 def test_concurrent_feedback_is_all_counted(engine, store):
@@ -257,7 +259,7 @@ def test_concurrent_feedback_is_all_counted(engine, store):
         for n, card in enumerate(mine):
             item = accepted(card) if n % 2 == 0 else overridden(card, code=f"code-{n % 3}")
             try:
-                assert store.record_feedback("order-select", {"feedback": [item]}) == 1
+                assert record_feedback(store, "order-select", {"feedback": [item]}) == 1
             except Exception as exc:  # noqa: BLE001 - reported below
                 failures.append(repr(exc))
 
@@ -279,7 +281,7 @@ def test_concurrent_duplicates_are_stored_once(engine, store):
     card = issue(store)
     body = {"feedback": [overridden(card, comment="retry storm")]}
     results = []
-    workers = [threading.Thread(target=lambda: results.append(store.record_feedback("order-select", body)))
+    workers = [threading.Thread(target=lambda: results.append(record_feedback(store, "order-select", body)))
                for _ in range(10)]
     for w in workers:
         w.start()
@@ -292,20 +294,20 @@ def test_concurrent_duplicates_are_stored_once(engine, store):
 def test_restart_loses_nothing(database_url):
     engine = schema.create_engine(database_url)
     schema.create_schema(engine)
-    first = feedback.CardStore(engine, salt="s")
+    first = card_store.CardStore(engine, salt="s")
     cards = [issue(first) for _ in range(5)]
-    first.record_feedback("order-select", {"feedback": [accepted(c) for c in cards[:3]]})
+    record_feedback(first, "order-select", {"feedback": [accepted(c) for c in cards[:3]]})
     first.close()  # writes the pending cards, as a worker does on a graceful stop
     engine.dispose()
 
     engine = schema.create_engine(database_url)
     schema.create_schema(engine)  # a second start on an existing schema changes nothing
-    second = feedback.CardStore(engine, salt="s")
+    second = card_store.CardStore(engine, salt="s")
     try:
         result = report.build_report(engine)
         assert (result["cards_total"], result["feedback_total"]) == (5, 3)
         # Cards issued before the restart still take feedback.
-        assert second.record_feedback("order-select", {"feedback": [overridden(cards[4])]}) == 1
+        assert record_feedback(second, "order-select", {"feedback": [overridden(cards[4])]}) == 1
         with engine.connect() as conn:
             assert conn.execute(sa.select(schema.schema_version.c.version)).scalars().all() == [1]
     finally:
@@ -314,7 +316,7 @@ def test_restart_loses_nothing(database_url):
 
 
 def test_pending_cards_are_written_on_close(engine):
-    store = feedback.CardStore(engine, salt="s")
+    store = card_store.CardStore(engine, salt="s")
     for _ in range(50):
         issue(store)
     store.close()
@@ -340,11 +342,11 @@ def test_queued_cards_are_written_without_a_flush_and_batched(engine, store):
 
 
 def test_a_card_the_database_refuses_does_not_block_the_others(engine, store):
-    good = [feedback.IssuedCard(
+    good = [card_store.IssuedCard(
         card_uuid=str(uuid.uuid4()), suggestion_uuids=(str(uuid.uuid4()),), service_id="order-select",
         rule_id="acute-uncomplicated", indicator="warning", rating=None, hook_instance="h",
         issuer="https://ehr.example.org", tenant=None, patient_id=None) for _ in range(2)]
-    bad = feedback.IssuedCard(
+    bad = card_store.IssuedCard(
         card_uuid=str(uuid.uuid4()), suggestion_uuids=(), service_id="order-select", rule_id=None,
         indicator="warning", rating=None, hook_instance="h", issuer="https://ehr.example.org", tenant=None,
         patient_id=None)
@@ -364,7 +366,7 @@ def test_record_cards_costs_well_under_a_millisecond(store):
     store.flush()
     durations = []
     for _ in range(500):
-        card = feedback.IssuedCard(
+        card = card_store.IssuedCard(
             card_uuid=str(uuid.uuid4()), suggestion_uuids=(str(uuid.uuid4()),), service_id="order-select",
             rule_id="acute-uncomplicated", indicator="warning", rating=None, hook_instance="h",
             issuer="https://ehr.example.org", tenant=None, patient_id="p")
@@ -383,17 +385,17 @@ def test_record_cards_does_not_wait_for_the_database(engine, store):
         card = issue(store)
         assert time.perf_counter() - started < 0.05
     store.flush()
-    assert store.record_feedback("order-select", {"feedback": [accepted(card)]}) == 1
+    assert record_feedback(store, "order-select", {"feedback": [accepted(card)]}) == 1
 
 
 def test_feedback_waits_for_another_worker(engine):
-    issuing = feedback.CardStore(engine, salt="s")   # the worker that answered the hook call
-    receiving = feedback.CardStore(engine, salt="s")  # the worker the feedback lands on
+    issuing = card_store.CardStore(engine, salt="s")   # the worker that answered the hook call
+    receiving = card_store.CardStore(engine, salt="s")  # the worker the feedback lands on
     try:
         with writes_blocked(engine, 0.3):  # the issuing worker's write is still on its way
             card = issue(issuing)
             started = time.perf_counter()
-            assert receiving.record_feedback("order-select", {"feedback": [accepted(card)]}) == 1
+            assert record_feedback(receiving, "order-select", {"feedback": [accepted(card)]}) == 1
         assert time.perf_counter() - started >= 0.2  # it found the card only after a retry
     finally:
         issuing.close()
@@ -401,11 +403,11 @@ def test_feedback_waits_for_another_worker(engine):
 
 
 def test_unknown_card_waits_about_a_second(engine):
-    store = feedback.CardStore(engine, salt="s")
+    store = card_store.CardStore(engine, salt="s")
     try:
         started = time.perf_counter()
         with pytest.raises(errors.InvalidRequest, match="unknown card"):
-            store.record_feedback("order-select", {"feedback": [
+            record_feedback(store, "order-select", {"feedback": [
                 {"card": str(uuid.uuid4()), "outcome": "accepted", "outcomeTimestamp": "2025-03-03T10:00:00Z"}]})
         assert 0.9 <= time.perf_counter() - started < 3
     finally:
@@ -421,17 +423,17 @@ def test_database_failure_is_store_unavailable(engine, store):
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE feedback"))
     with pytest.raises(errors.StoreUnavailable):
-        store.record_feedback("order-select", {"feedback": [accepted(card)]})
+        record_feedback(store, "order-select", {"feedback": [accepted(card)]})
 
 
 def test_logs_hold_no_comment_or_patient_id(engine, store, caplog):
     caplog.set_level(logging.DEBUG)
     card = issue(store, patient_id="PATIENT-4711")
-    store.record_feedback("order-select", {"feedback": [overridden(card, comment="SECRET-COMMENT")]})
+    record_feedback(store, "order-select", {"feedback": [overridden(card, comment="SECRET-COMMENT")]})
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE feedback"))
     with pytest.raises(errors.StoreUnavailable) as caught:
-        store.record_feedback("order-select", {"feedback": [overridden(card, comment="SECRET-COMMENT-2")]})
+        record_feedback(store, "order-select", {"feedback": [overridden(card, comment="SECRET-COMMENT-2")]})
     assert "SECRET-COMMENT" not in str(caught.value.__cause__)  # the engine hides SQL parameters
     assert "SECRET-COMMENT" not in caplog.text and "PATIENT-4711" not in caplog.text
 

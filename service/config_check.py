@@ -1,4 +1,4 @@
-"""``lumbar-mri-cds check-config``: validate a configuration and say what it would trust.
+"""What a configuration would trust, as the lines ``lumbar-mri-cds check-config`` prints (cli.py).
 
 ``describe`` is ``load_settings`` plus a printout (style.md 3.4): the profile, the audience, every
 issuer with where its keys come from and whether they load, the FHIR bases its access tokens may go
@@ -9,11 +9,7 @@ fetched with ``--fetch`` could not be used.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from urllib.parse import urlsplit
-
-import click
 
 import sqlalchemy as sa
 
@@ -21,8 +17,6 @@ from service import errors
 from service.config import IssuerSettings
 from service.config import Profile
 from service.config import Settings
-from service.config import config_path
-from service.config import load_settings
 from service.security import keys
 
 
@@ -105,28 +99,3 @@ def _issuer_lines(issuer: IssuerSettings, store: keys.KeyStore, fetch: bool, pro
         lines.append(f"    FHIR servers its access tokens may go to: {', '.join(issuer.fhir_servers) or 'none'}")
     lines.append(f"    tenants: {', '.join(issuer.tenants) or '(not checked)'}")
     return lines
-
-
-@click.command("check-config")
-@click.option(
-    "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-    help="Configuration file (default: $LUMBAR_MRI_CDS_CONFIG, else the development profile).",
-)
-@click.option("--fetch", is_flag=True, help="Also fetch every jwks_url and list its keys.")
-@click.pass_context
-def check_config(ctx: click.Context, config_file: Path | None, fetch: bool) -> None:
-    """Validate a configuration and say what it would trust."""
-    try:
-        if config_file is None and isinstance(ctx.obj, Settings):
-            settings = ctx.obj  # built once by the command group
-        else:
-            settings = load_settings(config_file or config_path(os.environ), os.environ)
-        lines, problems = describe(settings, fetch=fetch)
-    except errors.ConfigError as exc:
-        click.echo(f"invalid configuration: {exc}", err=True)
-        ctx.exit(errors.ConfigError.exit_code)
-    click.echo("\n".join(lines))
-    if problems:
-        click.echo("\n".join(f"problem: {p}" for p in problems), err=True)
-        ctx.exit(1)
-    click.echo("configuration OK")

@@ -1,4 +1,4 @@
-"""render.cards.compact: the fast walk gives exactly what the plain recursive definition gives."""
+"""jsonutil.compact: the fast walk gives exactly what the plain recursive definition gives."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from service.render.cards import compact
+from service.jsonutil import compact
 
 
 def reference(value: Any) -> Any:

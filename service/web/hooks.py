@@ -1,0 +1,139 @@
+"""The hooks blueprint: discovery (``GET /cds-services``) and the hook services (``POST /cds-services/{id}``).
+
+A hook call: verify the token, parse the envelope under the limits, evaluate (with a FHIR fetcher for
+what prefetch lacks, when the issuer may send its token to that server), record the cards, answer.
+What the call was about goes into its ``CallRecord``, which the card recorder and the request log read.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+from typing import Any
+
+import orjson
+from flask import Blueprint
+from flask import Response
+from flask import current_app
+from flask import request
+from werkzeug.exceptions import UnsupportedMediaType
+
+from service.call_record import FROM_FHIR
+from service.call_record import FROM_PREFETCH
+from service.call_record import UNAVAILABLE
+from service.call_record import CallRecord
+from service.call_record import CallCard
+from service.call_record import FhirFetchNote
+from service.errors import UnknownService
+from service.intake import envelope
+from service.intake import fhir_client
+from service.pipeline import SERVICES
+from service.pipeline import Evaluation
+from service.security import fhir_servers
+from service.security.jwt import Claims
+from service.services import Services
+from service.services import services_of
+from service.web import auth
+from service.web import observability
+
+blueprint = Blueprint("hooks", __name__)
+
+# Time kept back from the request deadline for evaluating and answering after the FHIR reads.
+DEADLINE_MARGIN_SECONDS = 0.2
+
+
+def begin_call(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """Start the request's CallRecord, naming the CDS service when the URL names one of ours.
+
+    A URL value preprocessor: it runs before every other request hook, so that even a request
+    refused before its view (413, a CORS preflight) is counted under its service.
+    """
+    service_id = (values or {}).get("service_id")
+    observability.attach(CallRecord(service_id=service_id if service_id in SERVICES else None))
+
+
+blueprint.url_value_preprocessor(begin_call)
+
+
+@blueprint.get("/cds-services", endpoint="discovery")
+def discovery() -> Response:
+    """The two services and their prefetch templates (no token needed)."""
+    templates = services_of(current_app).evaluator.templates
+    return _json({
+        "services": [
+            {"hook": s.hook, "id": s.id, "title": s.title, "description": s.description, "prefetch": templates}
+            for s in SERVICES.values()
+        ]
+    })
+
+
+@blueprint.post("/cds-services/<service_id>", endpoint="hook")
+def call_service(service_id: str) -> Response:
+    """Verify, parse, evaluate, record, answer."""
+    started = time.monotonic()
+    spec = SERVICES.get(service_id)
+    if spec is None:
+        raise UnknownService(f"no CDS service with id {service_id!r}; see GET /cds-services")
+    services = services_of(current_app)
+    call = observability.current_call()
+    claims = auth.authenticate(services)
+    call.issuer, call.tenant = claims.iss, claims.tenant
+    if not request.is_json:
+        raise UnsupportedMediaType("the body must be JSON (Content-Type: application/json)")
+    data = envelope.parse_json(request.get_data(cache=False), services.settings.limits)
+    hook_request = envelope.parse_request(data, hook=spec.hook)
+    call.hook_instance, call.patient_id = hook_request.hook_instance, hook_request.patient_id
+    fetcher = _fetcher(services, hook_request, claims, started)
+    try:
+        evaluation = services.evaluator.evaluate(hook_request, date.today(), fetcher)
+    finally:
+        if fetcher is not None:
+            call.fhir_fetches = [
+                FhirFetchNote(keys=keys, failed=frozenset(result.failures), requests_made=result.requests_made)
+                for keys, result in fetcher.fetches
+            ]
+    _note_evaluation(call, evaluation, services.evaluator.templates)
+    if call.cards:
+        services.recorder.record_call(call)
+    return _json(evaluation.response)
+
+
+def _fetcher(
+    services: Services, hook_request: envelope.HookRequest, claims: Claims, started: float
+) -> fhir_client.CallFetcher | None:
+    """The FHIR fetcher of this call, or None when the request names no FHIR server."""
+    base = hook_request.fhir_server
+    if base is None:
+        return None
+    if not fhir_servers.token_may_go_to(claims.issuer, base):
+        reason = "fhirServer is not one this EHR's issuer is trusted for; it was not contacted"
+        return fhir_client.CallFetcher.refusing(base, issuer=claims.iss, reason=reason)
+    token = hook_request.fhir_authorization.access_token if hook_request.fhir_authorization else None
+    deadline = started + services.settings.limits.deadline_seconds - DEADLINE_MARGIN_SECONDS
+    return services.fetcher.for_call(base=base, access_token=token, deadline=deadline)
+
+
+def _note_evaluation(call: CallRecord, evaluation: Evaluation, templates: dict[str, str]) -> None:
+    """Copy into the call record what the evaluation decided: ratings, cards, where the data came from."""
+    call.orders_reviewed = evaluation.orders_reviewed
+    call.ratings = dict(evaluation.ratings)
+    call.cards = [
+        CallCard(
+            card_uuid=c.card["uuid"],
+            suggestion_uuids=c.suggestion_uuids,
+            rule_id=c.rule_id,
+            indicator=c.card["indicator"],
+            rating=evaluation.ratings.get(c.rule_id),
+        )
+        for c in evaluation.cards
+    ]
+    record = evaluation.record
+    if record is not None:
+        call.prefetch = {
+            key: UNAVAILABLE if key in record.unavailable else FROM_FHIR if key in record.fetched_keys else FROM_PREFETCH
+            for key in templates
+        }
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(value), status=status, mimetype="application/json")

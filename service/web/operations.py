@@ -1,0 +1,62 @@
+"""The operations blueprint: ``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json``.
+
+None of them takes a token: they hold no patient data.
+"""
+
+from __future__ import annotations
+
+import orjson
+import sqlalchemy as sa
+from flask import Blueprint
+from flask import Response
+from flask import current_app
+from flask.blueprints import BlueprintSetupState
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.errors import StoreUnavailable
+from service.services import services_of
+from service.web import metrics
+from service.web import openapi
+
+blueprint = Blueprint("operations", __name__)
+
+_OPENAPI_KEY = "lumbar_mri_cds.openapi"
+
+
+@blueprint.record
+def _prepare(state: BlueprintSetupState) -> None:
+    """Render the OpenAPI document once per app, for this deployment's public base URL."""
+    state.app.extensions[_OPENAPI_KEY] = openapi.document_body(services_of(state.app).settings.public_base_url)
+
+
+@blueprint.get("/healthz", endpoint="healthz")
+def healthz() -> Response:
+    """Liveness: the process answers."""
+    return _json({"status": "ok"})
+
+
+@blueprint.get("/readyz", endpoint="readyz")
+def readyz() -> Response:
+    """Readiness: the store answers a query."""
+    try:
+        with services_of(current_app).engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.SQLAlchemyError as exc:
+        raise StoreUnavailable(f"the store is not reachable ({type(exc).__name__})") from None
+    return _json({"status": "ready"})
+
+
+@blueprint.get("/metrics", endpoint="metrics")
+def serve_metrics() -> Response:
+    """Prometheus text exposition."""
+    return Response(metrics.metrics_of(current_app).exposition(), content_type=CONTENT_TYPE_LATEST)
+
+
+@blueprint.get("/openapi.json", endpoint="openapi")
+def serve_openapi() -> Response:
+    """The OpenAPI document of this deployment."""
+    return Response(current_app.extensions[_OPENAPI_KEY], mimetype="application/json")
+
+
+def _json(value: object) -> Response:
+    return Response(orjson.dumps(value), status=200, mimetype="application/json")
