@@ -209,3 +209,59 @@ def test_cards_answered_by_a_killed_worker_are_not_lost(tmp_path, jwks_file, sig
                                   "overrideReason": {"reason": {"code": "patient-preference"}}}]}
         response = call(base, signer, "/cds-services/order-select/feedback", feedback)
         assert response.status_code == 200, response.text
+
+
+def test_calls_queued_behind_a_slow_fhir_server_are_never_answered_late(tmp_path, jwks_file, signer):
+    """One request thread, a FHIR server answering after 1.2 s, a 2 s deadline, 3 calls at once: the
+    calls that waited for the thread are answered (200, 412 or a fast 503) within their deadline,
+    counted from when they arrived, not from when the thread took them."""
+    import threading
+    from http.server import BaseHTTPRequestHandler
+    from http.server import ThreadingHTTPServer
+
+    class SlowFhir(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            time.sleep(1.2)
+            body = b'{"resourceType": "Bundle", "type": "searchset", "entry": []}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/fhir+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args):
+            pass
+
+    fhir_server = ThreadingHTTPServer(("127.0.0.1", 0), SlowFhir)
+    fhir_server.daemon_threads = True
+    threading.Thread(target=fhir_server.serve_forever, daemon=True).start()
+    fhir_base = f"http://127.0.0.1:{fhir_server.server_address[1]}/fhir"
+    port = free_port()
+    config = write_config(tmp_path, port=port, jwks_file=jwks_file, issuer=ISSUER, fhir_servers=(fhir_base,))
+    base = f"http://127.0.0.1:{port}"
+    request_body = fhir.load_request("acute-uncomplicated", shift_to=date.today())
+    request_body["prefetch"].pop("conditions")  # fetched from the slow server
+    request_body["fhirServer"] = fhir_base
+    request_body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 300,
+                                         "scope": "patient/*.read", "subject": "cds"}
+    try:
+        with serving(config, port, workers=1, extra=["--threads", "1"],
+                     env={"LUMBAR_MRI_CDS_DEADLINE_SECONDS": "2.0"}):
+            results = []
+
+            def one() -> None:
+                started = time.monotonic()
+                response = call(base, signer, "/cds-services/order-select", request_body)
+                results.append((response.status_code, time.monotonic() - started))
+
+            callers = [threading.Thread(target=one) for _ in range(3)]
+            for caller in callers:
+                caller.start()
+            for caller in callers:
+                caller.join()
+    finally:
+        fhir_server.shutdown()
+        fhir_server.server_close()
+    statuses = sorted(status for status, _ in results)
+    assert all(took < 2.0 + 0.3 for _, took in results), results  # never answered after the deadline
+    assert statuses[0] == 200 and 503 in statuses, results       # the first is served, a queued one refused fast

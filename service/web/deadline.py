@@ -40,9 +40,10 @@ class Deadline:
         """The time.monotonic() by which waits (FHIR reads, store) must end, leaving time to answer."""
         return self.expires - ANSWER_MARGIN_SECONDS
 
-    def check(self, step: str) -> None:
-        """Raise DeadlineExceeded when the answer can no longer be sent in time after ``step``."""
-        if time.monotonic() > self.for_waits():
+    def check(self, step: str, *, answering: bool = False) -> None:
+        """Raise DeadlineExceeded when the answer can no longer be sent in time after ``step``: when
+        less than ``ANSWER_MARGIN_SECONDS`` is left, or (``answering``: the answer is ready) none."""
+        if time.monotonic() > (self.expires if answering else self.for_waits()):
             elapsed = time.monotonic() - self.arrived
             raise DeadlineExceeded(
                 f"the call cannot be answered within its deadline ({self.expires - self.arrived:g} s; "

@@ -3,12 +3,18 @@ the proxy's X-Request-Start when earlier), never later than this process saw it.
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import date
 
 import pytest
+import sqlalchemy as sa
 
 from service.errors import DeadlineExceeded
+from service.services import services_of
+from service.store import schema
 from service.web import deadline
+from tests import fhir
 
 
 def test_counts_from_the_workers_arrival_stamp():
@@ -44,3 +50,44 @@ def test_check_raises_a_503_with_retry_after_once_the_answer_cannot_be_in_time()
     with pytest.raises(DeadlineExceeded, match="deadline") as caught:
         late.check("queue")
     assert caught.value.status == 503 and caught.value.retry_after == 1
+
+
+# --- the hook view: a call that can no longer be answered in time gets a fast 503 -------------------
+
+SELECT = "/cds-services/order-select"
+
+
+def _call(client, signer, **environ):
+    body = json.dumps(fhir.load_request("acute-uncomplicated", shift_to=date.today()))
+    started = time.monotonic()
+    response = client.post(SELECT, data=body, content_type="application/json", headers=signer.headers(SELECT),
+                           environ_base=environ)
+    return response, time.monotonic() - started
+
+
+def _cards(app):
+    services = services_of(app)
+    services.recorder.flush()
+    with services.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(schema.cards)).scalar_one()
+
+
+def test_a_call_queued_past_its_deadline_is_a_fast_503(app, client, signer):
+    # 3.9 s of the 4 s went arriving and waiting for a thread: no time is left to answer.
+    response, took = _call(client, signer, **{deadline.ARRIVED_KEY: time.monotonic() - 3.9})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.get_json()["issue"][0]["code"] == "timeout"
+    assert took < 0.5
+    assert _cards(app) == 0  # no card was shown, so none is recorded
+
+
+def test_the_proxys_arrival_counts_too(client, signer):
+    response, _ = _call(client, signer, HTTP_X_REQUEST_START=f"t={time.time() - 3.9:.3f}")
+    assert response.status_code == 503
+
+
+def test_a_call_with_time_left_is_answered(app, client, signer):
+    response, _ = _call(client, signer, **{deadline.ARRIVED_KEY: time.monotonic() - 2.0})
+    assert response.status_code == 200
+    assert _cards(app) == len(response.get_json()["cards"]) > 0
