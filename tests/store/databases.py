@@ -113,3 +113,17 @@ def forwarded(url: str) -> Iterator[tuple[str, Forwarder]]:
         yield parts._replace(netloc=netloc).geturl(), forwarder
     finally:
         forwarder.refuse()
+
+
+@contextlib.contextmanager
+def sqlite_write_locked(path: str | Path) -> Iterator[None]:
+    """Another connection's transaction holding a SQLite file's write lock (a stuck writer)."""
+    import sqlite3
+
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()

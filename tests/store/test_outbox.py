@@ -7,7 +7,6 @@ import contextlib
 import multiprocessing
 import os
 import signal
-import sqlite3
 import time
 import uuid
 
@@ -34,13 +33,8 @@ def database_url(request, tmp_path):
 def cards_locked(database_url):
     """Another connection holding the cards table's write lock: the card writer cannot commit."""
     if database_url.startswith("sqlite"):
-        conn = sqlite3.connect(sa.make_url(database_url).database, isolation_level=None)
-        conn.execute("BEGIN EXCLUSIVE")
-        try:
+        with databases.sqlite_write_locked(sa.make_url(database_url).database):
             yield
-        finally:
-            conn.execute("ROLLBACK")
-            conn.close()
         return
     with psycopg.connect(schema.sa.make_url(database_url).render_as_string(hide_password=False)
                          .replace("postgresql+psycopg", "postgresql")) as conn:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import date
@@ -18,6 +17,7 @@ from service.app import services_of
 from service.security.replay import replay_database_url
 from tests import fhir
 from tests.conftest import with_settings
+from tests.store import databases
 
 SELECT = "/cds-services/order-select"
 
@@ -25,13 +25,8 @@ SELECT = "/cds-services/order-select"
 @contextlib.contextmanager
 def replay_file_locked(database_url: str) -> Iterator[None]:
     """Another process's transaction holding the SQLite replay file's write lock."""
-    conn = sqlite3.connect(replay_database_url(sa.make_url(database_url)).database, isolation_level=None)
-    conn.execute("BEGIN EXCLUSIVE")
-    try:
+    with databases.sqlite_write_locked(replay_database_url(sa.make_url(database_url)).database):
         yield
-    finally:
-        conn.execute("ROLLBACK")
-        conn.close()
 
 
 def call(client, signer):
