@@ -1,4 +1,4 @@
-"""The `lumbar-mri-cds` command: serve, evaluate, report, check-config.
+"""The `lumbar-mri-cds` command: serve, evaluate, rules, report, check-config.
 
 Errors become exit codes in one place (``main``), as click's ``Command.main`` does; the codes are
 fixed and tested: 0 ok, 1 unexpected, 2 configuration, 3 invalid request, 4 data unobtainable,
@@ -107,6 +107,22 @@ def evaluate(request_file: Path, as_json: bool, today: Any) -> None:
         click.echo(orjson.dumps(evaluation.response, option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(text.render_text(evaluation.response, orders_reviewed=evaluation.orders_reviewed))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print the model as JSON")
+def rules(as_json: bool) -> None:
+    """The decision model for a clinical reviewer: what each fact reads (code systems, how many codes,
+    the source of each list, the window) and the rule table in order."""
+    from service.facts.codes import ValueSets
+    from service.rules import describe
+    from service.rules import table
+
+    model = describe.describe_model(ValueSets.load(), table.load_table())
+    if as_json:
+        click.echo(orjson.dumps(model, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(describe.render_text(model))
 
 
 @cli.command()

@@ -111,6 +111,25 @@ def medication(rxnorm: str, display: str, *, authored: str, status: str = "activ
     return out
 
 
+def medication_statement(code: str, display: str, *, start: str, end: str | None = None, status: str = "active",
+                         system: str = RXNORM, pid: str = "patient-1") -> dict[str, Any]:
+    """A MedicationStatement: what the patient takes (an open period runs to today while active)."""
+    period = {"start": start, **({"end": end} if end else {})}
+    return {"resourceType": "MedicationStatement", "id": _id("medstmt"), "status": status,
+            "medicationCodeableConcept": {"coding": [coding(code, display, system)]},
+            "subject": {"reference": f"Patient/{pid}"}, "effectivePeriod": period}
+
+
+def medication_dispense(code: str, display: str, *, handed_over: str, days_supply: int | None = None,
+                        status: str = "completed", pid: str = "patient-1") -> dict[str, Any]:
+    out: dict[str, Any] = {"resourceType": "MedicationDispense", "id": _id("meddisp"), "status": status,
+                           "medicationCodeableConcept": {"coding": [coding(code, display, RXNORM)]},
+                           "subject": {"reference": f"Patient/{pid}"}, "whenHandedOver": handed_over}
+    if days_supply:
+        out["daysSupply"] = {"value": days_supply, "unit": "day", "system": "http://unitsofmeasure.org", "code": "d"}
+    return out
+
+
 def imaging_report(code: str = "72148", *, on: str, pid: str = "patient-1") -> dict[str, Any]:
     return {"resourceType": "DiagnosticReport", "id": _id("report"), "status": "final",
             "code": {"coding": [coding(code, "MRI lumbar spine")]}, "subject": {"reference": f"Patient/{pid}"},
@@ -142,7 +161,8 @@ def hook_request(orders: list[dict[str, Any]], *, pat: dict[str, Any] | None = N
     pat = pat or patient()
     pid = pat["id"]
     by_key = {"conditions": "Condition", "observations": "Observation", "procedures": "Procedure",
-              "medications": "MedicationRequest", "serviceRequests": "ServiceRequest",
+              "medications": "MedicationRequest", "medicationStatements": "MedicationStatement",
+              "medicationDispenses": "MedicationDispense", "serviceRequests": "ServiceRequest",
               "imagingStudies": "ImagingStudy", "diagnosticReports": "DiagnosticReport"}
     context: dict[str, Any] = {"userId": "Practitioner/example", "patientId": pid,
                                "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": o} for o in orders]}}

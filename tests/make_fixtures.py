@@ -91,6 +91,7 @@ def stories() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
             c("M54.50", onset="2026-11-05", cid="cond-repeat-lbp"),
             f.imaging_report("72148", on="2026-06-02"),
         ], orders=[o("72148", reasons=[LBP])]),
+        *v2_stories(),
         story("child", "pat-child", birth="2014-05-05", gender="male", resources=[
             c("M54.50", onset="2026-11-20", cid="cond-child-lbp"),
         ], orders=[o("72148", reasons=[LBP])]),
@@ -99,6 +100,83 @@ def stories() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
         ], orders=[o("72148", reasons=[LBP], oid="mri-1"), o("72149", reasons=[LBP], oid="mri-2"),
                    {"resourceType": "ServiceRequest", "id": "cbc-1", "status": "draft", "intent": "plan",
                     "code": {"coding": [f.coding("58410-2", "CBC panel")]}, "subject": {"reference": "Patient/pat-sign"}}]),
+    ]
+
+
+def v2_stories() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """decision-rules.md v2: one patient story per new behaviour (written as of 2026-11-26)."""
+    c, o = f.condition, f.mri_order
+    rx, atc = f.RXNORM, "http://www.whocc.no/atc"
+    contusion = "Contusion of lower back and pelvis, initial encounter"
+    on_visit = {"reference": "Encounter/enc-crash"}
+    return [
+        story("snomed-cancer-history", "pat-snomed-cancer", birth="1961-04-09", gender="female", resources=[
+            c("415076002", onset="2018-03-01", clinical="inactive", display="Personal history of primary malignant neoplasm of breast", cid="cond-snomed-breast-cancer"),
+            c("279039007", onset="2026-11-16", display="Low back pain (finding)", cid="cond-snomed-lbp"),
+        ], orders=[o("72148", reasons=[LBP])]),
+        story("snomed-motor-deficit", "pat-paraplegia", birth="1970-08-21", gender="male", resources=[
+            c("60389000", onset="2026-11-24", display="Paraplegia (disorder)", cid="cond-paraplegia"),
+            c("M54.16", onset="2026-11-19", display="Radiculopathy, lumbar region", cid="cond-paraplegia-radic"),
+        ], orders=[o("72148", reasons=[LBP])]),
+        story("steroid-statement", "pat-steroids", birth="1964-02-02", gender="female", resources=[
+            c("M54.50", onset="2026-11-14", cid="cond-steroids-lbp"),
+            c("M06.9", onset="2019-01-01", display="Rheumatoid arthritis, unspecified", cid="cond-steroids-ra"),
+            f.medication_statement("312617", "predniSONE 5 MG Oral Tablet", start="2026-05-01"),
+        ], orders=[o("72148", reasons=[LBP])]),
+        story("fever-recent-infection", "pat-uti", birth="1983-06-15", gender="female", resources=[
+            c("N39.0", onset="2026-10-20", clinical="resolved", abatement="2026-11-02", display="Urinary tract infection, site not specified", cid="cond-uti"),
+            c("M54.50", onset="2026-11-20", cid="cond-uti-lbp"),
+            f.temperature(38.6, on="2026-11-25"),
+        ], orders=[o("72148", reasons=[LBP])]),
+        story("weight-loss-over-50", "pat-weight", birth="1963-10-30", gender="male", resources=[
+            c("R63.4", onset="2026-10-01", display="Abnormal weight loss", cid="cond-weight-loss"),
+            c("M54.50", onset="2026-11-10", cid="cond-weight-lbp"),
+        ], orders=[o("72148", reasons=[LBP])]),
+        story("injection-drug-use", "pat-ivdu", birth="1991-12-12", gender="male", resources=[
+            c("F11.20", onset="2025-09-01", display="Opioid dependence, uncomplicated", cid="cond-ivdu-oud"),
+            c("M54.50", onset="2026-11-21", cid="cond-ivdu-lbp"),
+        ], orders=[o("72148", reasons=[LBP])]),
+        story("age-over-70", "pat-age", birth="1952-05-05", gender="female", resources=[
+            c("M54.50", onset="2026-11-18", cid="cond-age-lbp"),
+        ], orders=[o("72148", reasons=[LBP])]),
+        story("ankylosing-spondylitis-trauma", "pat-as", birth="1979-07-07", gender="male", resources=[
+            c("M45.9", onset="2012-01-01", display="Ankylosing spondylitis of unspecified sites in spine", cid="cond-as"),
+            c("S30.0XXA", onset="2026-11-23", display=contusion, cid="cond-as-contusion"),
+            c("M54.50", onset="2026-11-23", cid="cond-as-lbp"),
+        ], orders=[o("72148", reasons=[LBP])]),
+        story("acute-weaker-risk-factors", "pat-weaker", birth="1968-09-19", gender="female", resources=[
+            c("M54.50", onset="2026-11-13", cid="cond-weaker-lbp"),
+            c("M45.9", onset="2015-01-01", display="Ankylosing spondylitis of unspecified sites in spine", cid="cond-weaker-as"),
+            f.temperature(100.9, "[degF]", on="2026-11-24"),
+        ], orders=[o("72148", reasons=[LBP])]),
+        story("trauma-high-energy", "pat-crash", birth="1995-03-03", gender="male", resources=[
+            {**c("S30.0XXA", onset="2026-11-21", display=contusion, cid="cond-crash-contusion"), "encounter": on_visit},
+            {**c("V43.52XA", display="Car driver injured in collision with other type car in traffic accident, initial encounter", cid="cond-crash-cause"), "encounter": on_visit},
+            c("M54.50", onset="2026-11-21", cid="cond-crash-lbp"),
+        ], orders=[o("72148", reasons=[LBP])]),
+        story("cervical-fusion", "pat-cervical", birth="1976-01-25", gender="female", resources=[
+            c("Z98.1", onset="2019-04-01", display="Arthrodesis status", cid="cond-cervical-fusion"),
+            c("M54.50", onset="2026-11-17", cid="cond-cervical-lbp"),
+        ], orders=[o("72148", reasons=[LBP])]),
+        story("old-physical-therapy", "pat-old-pt", birth="1980-11-11", gender="male", resources=[
+            c("M54.50", onset="2025-02-01", cid="cond-old-pt-lbp"),
+            f.procedure("97110", performed="2025-03-10", display="Therapeutic exercises"),
+            f.procedure("97110", performed="2025-04-02", display="Therapeutic exercises"),
+        ], orders=[o("72148", reasons=[LBP])]),
+        story("known-vertebral-fracture", "pat-known-fracture", birth="1972-02-14", gender="male", resources=[
+            c("S32.010A", onset="2026-11-10", display="Wedge compression fracture of first lumbar vertebra, initial encounter", cid="cond-known-fracture"),
+            c("M54.50", onset="2026-11-10", cid="cond-known-fracture-lbp"),
+        ], orders=[o("72148", reasons=[LBP])]),
+        story("cauda-equina-contrast", "pat-cauda-contrast", birth="1966-06-06", gender="female", resources=[
+            c("G83.4", onset="2026-11-25", verification="provisional", display="Cauda equina syndrome", cid="cond-cauda-contrast"),
+            c("M54.50", onset="2026-11-22", cid="cond-cauda-contrast-lbp"),
+        ], orders=[o("72149", reasons=[LBP])]),
+        story("atc-glucocorticoid-dispense", "pat-dispense", birth="1969-12-01", gender="male", resources=[
+            c("M54.50", onset="2026-11-15", cid="cond-dispense-lbp"),
+            f.medication_dispense("8640", "prednisone", handed_over="2026-08-01", days_supply=90),
+            {**f.medication_statement("H02AB06", "prednisolone", start="2026-06-01", end="2026-07-15", status="completed"),
+             "medicationCodeableConcept": {"coding": [f.coding("H02AB06", "prednisolone", atc)]}},
+        ], orders=[o("72148", reasons=[LBP])]),
     ]
 
 

@@ -27,6 +27,9 @@ STORIES = [
     ("pregnancy-contrast", "rule: pregnancy-contrast"),
     ("contrast-choice", "rule: contrast-choice"),
     ("repeat-imaging", "rule: repeat-imaging"),
+    ("acute-weaker-risk-factors", "found, does not by itself support immediate imaging"),
+    ("trauma-high-energy", "* suggestion: Change to CT lumbar spine without contrast"),
+    ("cauda-equina-contrast", "* suggestion: Make STAT and change to MRI lumbar spine without contrast (72148)"),
     ("child", "No cards (no card for this order)."),
     ("sandbox-empty-order", "No cards (no lumbar MRI order to review)."),
 ]
@@ -43,7 +46,7 @@ def run(capsys, *argv):
 def test_evaluate_prints_the_card_the_rule_promises(capsys, name, line):
     code, out, _ = run(capsys, "evaluate", str(fhir.FIXTURES / "requests" / f"{name}.json"), "--today", AS_OF)
     assert code == 0
-    assert line in out
+    assert line.lower() in out.lower()
 
 
 def test_evaluate_json_is_the_raw_response(capsys):
@@ -84,3 +87,29 @@ def test_help_exits_0(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
     assert "evaluate" in out and "serve" in out
+
+
+def test_rules_prints_each_fact_and_the_rule_table_in_order(capsys):
+    code, out, _ = run(capsys, "rules")
+    assert code == 0
+    facts, rules = out.split("RULES, in order", 1)
+    # each fact: what it reads, its window, code systems with counts, and the source of each list
+    assert "recent_infection: Recent infection [red flag]" in facts
+    assert "window: within 90 days" in facts
+    assert "long_term_steroids" in facts and "MedicationStatement" in facts and "glucocorticoid_medication: " in facts
+    assert "ICD-10-CM " in facts and "SNOMED CT " in facts and "RxNorm " in facts
+    order = [line.split(".", 1)[1].split("->")[0].strip() for line in rules.splitlines() if line[:3].strip().rstrip(".").isdigit()]
+    assert order[:6] == ["cauda-equina", "suspected-cancer-infection", "prior-lumbar-surgery", "fracture-risk", "trauma-ct-first", "repeat-imaging"]
+    assert "trauma_with_ankylosing_spondylitis (recent_trauma, ankylosing_spondylitis)" in rules
+
+
+def test_rules_json(capsys):
+    code, out, _ = run(capsys, "rules", "--json")
+    assert code == 0
+    model = json.loads(out)
+    steroids = model["facts"]["long_term_steroids"]["reads"]
+    medication = next(r for r in steroids if "MedicationStatement" in r["resources"])
+    concept = medication["concepts"][0]
+    assert concept["name"] == "glucocorticoid_medication" and concept["codes"]["RxNorm"] > 0
+    assert all(s["release"] and s["title"] for s in concept["sources"])
+    assert [r["id"] for r in model["rules"]][-1] == "no-criteria-apply"

@@ -23,21 +23,37 @@ class Finding(StrEnum):
     MALIGNANCY = "malignancy"
     SPINAL_INFECTION = "spinal_infection"
     FEVER = "fever"
-    INFECTION_RISK = "infection_risk"
+    IV_DRUG_USE = "iv_drug_use"                    # v2: a red flag on its own (F1x: "may involve injection")
+    RECENT_INFECTION = "recent_infection"          # v2: bacteremia, endocarditis, UTI, skin infection, 90 days
     IMMUNOSUPPRESSION = "immunosuppression"
+    WEIGHT_LOSS = "weight_loss"                    # v2: unexplained weight loss, 90 days
+    ANKYLOSING_SPONDYLITIS = "ankylosing_spondylitis"  # v2: history counts
     OSTEOPOROSIS = "osteoporosis"
     LONG_TERM_STEROIDS = "long_term_steroids"
     VERTEBRAL_FRACTURE = "vertebral_fracture"
     RECENT_TRAUMA = "recent_trauma"
+    HIGH_ENERGY_TRAUMA = "high_energy_trauma"      # v2: transport accident or fall from a height coded
     OLDER_AGE = "older_age"                        # > 65 men, > 75 women (ACP-2011); only with trauma
+    AGE_OVER_70 = "age_over_70"                    # v2: fracture risk by age (ACR V6 "elderly individual")
+    AGE_OVER_50 = "age_over_50"                    # v2: a weaker risk factor for cancer (ACP-2011)
+    PAIN_OVER_ONE_MONTH = "pain_over_one_month"    # v2: episode of 28 days or more (ACP-2011 "failure to improve")
     PRIOR_LUMBAR_SURGERY = "prior_lumbar_surgery"
+    FUSION_NOT_LOCATED = "fusion_not_located"      # v2: Z98.1 / M96.0 the record does not place in the lumbar spine
     CONSERVATIVE_CARE = "conservative_care"
     PREGNANCY = "pregnancy"
-    PRIOR_LUMBAR_MRI = "prior_lumbar_mri"
+    PRIOR_LUMBAR_IMAGING = "prior_lumbar_imaging"  # v2: a lumbar study of the ordered modality, 365 days
+
+
+class Modality(StrEnum):
+    """The kind of lumbar spine study (decision-rules.md "What is reviewed"; CT and XR: issue 13)."""
+
+    MRI = "mri"
+    CT = "ct"
+    XR = "xr"
 
 
 class Contrast(StrEnum):
-    """Which lumbar MRI study an order asks for (codes.json `order_mri_lumbar`)."""
+    """Which contrast option a lumbar study asks for (codes.json `order_mri_lumbar`)."""
 
     WITHOUT = "without"            # CPT 72148
     WITH = "with"                  # CPT 72149
@@ -56,12 +72,13 @@ class Evidence:
 class Order:
     reference: str             # "ServiceRequest/abc"
     resource: Mapping          # the draft ServiceRequest as sent (JSON), for update/delete suggestions
-    system: str                # the coding that made it a lumbar MRI
+    system: str                # the coding that made it a lumbar study
     code: str
     display: str | None
     contrast: Contrast
     priority: str | None       # routine | urgent | asap | stat
     has_reason: bool           # any reasonCode coding or reasonReference
+    modality: Modality = Modality.MRI
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -52,7 +52,11 @@ class Resolution:
 
 
 def build_templates(observation_codes: tuple[tuple[str, str], ...]) -> dict[str, str]:
-    """The prefetch templates: one query per resource type the rules read (8 queries)."""
+    """The prefetch templates: one query per resource type the rules read (10 queries).
+
+    v2: medication use is read from MedicationStatement and MedicationDispense beside MedicationRequest
+    (decision-rules.md, "fracture risk" and "conservative management").
+    """
     codes = ",".join(f"{system}|{code}" for system, code in observation_codes)
     return {
         "patient": f"Patient/{PATIENT_TOKEN}",
@@ -60,6 +64,8 @@ def build_templates(observation_codes: tuple[tuple[str, str], ...]) -> dict[str,
         "observations": f"Observation?patient={PATIENT_TOKEN}&code={codes}",
         "procedures": f"Procedure?patient={PATIENT_TOKEN}",
         "medications": f"MedicationRequest?patient={PATIENT_TOKEN}",
+        "medicationStatements": f"MedicationStatement?patient={PATIENT_TOKEN}",
+        "medicationDispenses": f"MedicationDispense?patient={PATIENT_TOKEN}",
         "serviceRequests": f"ServiceRequest?patient={PATIENT_TOKEN}",
         "imagingStudies": f"ImagingStudy?patient={PATIENT_TOKEN}",
         "diagnosticReports": f"DiagnosticReport?patient={PATIENT_TOKEN}",

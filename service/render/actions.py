@@ -20,10 +20,9 @@ import pydantic
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from service.facts.model import Order
-
-CPT = "http://www.ama-assn.org/go/cpt"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-SNOMED = "http://snomed.info/sct"
+from service.rules.vocabulary import CPT
+from service.rules.vocabulary import REASONS
+from service.rules.vocabulary import SNOMED
 
 PAMA_RATING = "http://fhir.org/argonaut/Extension/pama-rating"
 PAMA_RATING_SYSTEM = "http://fhir.org/argonaut/CodeSystem/pama-rating"
@@ -32,26 +31,6 @@ PAMA_AUC_APPLIED = "http://fhir.org/argonaut/Extension/pama-rating-auc-applied"
 PAMA_URLS = (PAMA_RATING, PAMA_CONSULT_ID, PAMA_AUC_APPLIED)
 # pama-rating-auc-applied: the guideline, with the rule id as fragment (decision-rules.md).
 AUC_BASE = "https://acsearch.acr.org/docs/69483/Narrative/"
-
-# The codings an add-reason suggestion writes into reasonCode (codes.json, verified "official" for
-# ICD-10-CM, "corroborated-third-party" for SNOMED CT).
-REASONS: dict[str, tuple[dict[str, str], ...]] = {
-    "low_back_pain": (
-        {"system": ICD10CM, "code": "M54.50", "display": "Low back pain, unspecified"},
-        {"system": SNOMED, "code": "279039007", "display": "Low back pain (finding)"},
-    ),
-    "radiculopathy": ({"system": ICD10CM, "code": "M54.16", "display": "Radiculopathy, lumbar region"},),
-    "cauda_equina": (
-        {"system": ICD10CM, "code": "G83.4", "display": "Cauda equina syndrome"},
-        {"system": SNOMED, "code": "192970008", "display": "Cauda equina syndrome (disorder)"},
-    ),
-    "cancer_history": (
-        {"system": ICD10CM, "code": "Z85.9", "display": "Personal history of malignant neoplasm, unspecified"},
-    ),
-    "spinal_infection": (
-        {"system": ICD10CM, "code": "M46.26", "display": "Osteomyelitis of vertebra, lumbar region"},
-    ),
-}
 
 # The physical-therapy referral a "refer" suggestion creates (codes.json `physical_therapy`).
 PHYSICAL_THERAPY = {"system": SNOMED, "code": "91251008", "display": "Physical therapy procedure"}
@@ -223,7 +202,7 @@ def rating_action(draft: Draft, rating: str, rule_id: str) -> dict[str, Any]:
 
 def delete_order(draft: Draft) -> dict[str, Any]:
     """Cancel the draft order."""
-    return {"type": "delete", "description": "Cancel the draft lumbar MRI order", "resourceId": draft.order.reference}
+    return {"type": "delete", "description": "Cancel the draft lumbar imaging order", "resourceId": draft.order.reference}
 
 
 def set_priority_stat(draft: Draft, rating: str | None, rule_id: str) -> dict[str, Any]:
@@ -231,7 +210,7 @@ def set_priority_stat(draft: Draft, rating: str | None, rule_id: str) -> dict[st
     resource = _rated(dict(draft.order.resource), rating, rule_id)
     resource["priority"] = "stat"
     valid = draft.checks.priority_stat() and _rating_valid(draft, rating, rule_id)
-    return {"type": "update", "description": "Make the lumbar MRI order STAT", "resource": draft.result(resource, valid)}
+    return {"type": "update", "description": "Make the lumbar imaging order STAT", "resource": draft.result(resource, valid)}
 
 
 def replace_code(draft: Draft, code: str, display: str, rating: str | None, rule_id: str) -> dict[str, Any]:
@@ -240,6 +219,19 @@ def replace_code(draft: Draft, code: str, display: str, rating: str | None, rule
     resource["code"] = _cpt_code(code, display)
     valid = draft.checks.code(code, display) and _rating_valid(draft, rating, rule_id)
     return {"type": "update", "description": f"Order {display} (CPT {code}) instead", "resource": draft.result(resource, valid)}
+
+
+def stat_and_replace_code(draft: Draft, code: str, display: str, rating: str | None, rule_id: str) -> dict[str, Any]:
+    """v2 merging: the same order for another study, made STAT, in one update."""
+    resource = _rated(dict(draft.order.resource), rating, rule_id)
+    resource["priority"] = "stat"
+    resource["code"] = _cpt_code(code, display)
+    valid = draft.checks.priority_stat() and draft.checks.code(code, display) and _rating_valid(draft, rating, rule_id)
+    return {
+        "type": "update",
+        "description": f"Make the order STAT and order {display} (CPT {code}) instead",
+        "resource": draft.result(resource, valid),
+    }
 
 
 def add_reason(draft: Draft, reason: str) -> dict[str, Any]:

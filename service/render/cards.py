@@ -9,24 +9,31 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 from service.facts.model import Evidence
 from service.facts.model import Facts
 from service.facts.model import Finding
 from service.render import actions
+from service.rules import vocabulary
 from service.rules.engine import Decision
+from service.rules.predicates import PREDICATES
+from service.rules.predicates import READS
+from service.rules.predicates import WEAKER_RISK_FACTORS
 from service.rules.table import CardContent
 from service.rules.table import Modifier
 from service.rules.table import RuleTable
 from service.rules.table import Suggestion
+from service.rules.table import Variant
+from service.rules.vocabulary import REASONS
 
 log = logging.getLogger(__name__)
 
 TOPIC_SYSTEM = "urn:lumbar-mri-cds:rule"  # source.topic: the rule id, the feedback and report key
 EVIDENCE_SHOWN = 3                        # evidence lines per finding before "and N more"
 _FINDINGS = frozenset(f.value for f in Finding)  # the decision model's facts (findings.toml may name more)
-_CODE_LABELS = {actions.CPT: "CPT", "urn:oid:2.16.840.1.113883.6.12": "CPT", "http://loinc.org": "LOINC", actions.SNOMED: "SNOMED CT"}
+_CODE_LABELS = {vocabulary.CPT: "CPT", "urn:oid:2.16.840.1.113883.6.12": "CPT", "http://loinc.org": "LOINC", vocabulary.SNOMED: "SNOMED CT"}
 RATING_WORDS = {
     "appropriate": "appropriate",
     "not-appropriate": "not appropriate",
@@ -45,15 +52,17 @@ class RenderedCard:
 class Prepared:
     """What rendering takes from the rule table alone, worked out once at start-up (``prepare``).
 
-    A card's detail lists the findings.toml labels of the facts present and the red flags absent;
-    matching findings.toml keys to the model's ``Finding`` values on every card cost more than the
-    rest of the text. tests/render/test_cards.py holds each field to its definition over the table.
+    A card's detail lists the findings.toml labels of the facts that decided it, the weaker risk
+    factors found, and the red flags absent; matching findings.toml keys to the model's ``Finding``
+    values on every card cost more than the rest of the text. tests/render/test_cards.py holds each
+    field to its definition over the table.
     """
 
     checks: actions.Checks                             # every element the actions can add, checked
     findings: tuple[tuple[Finding, str], ...]          # (finding, label): findings.toml keys the model has, file order
-    red_flags: tuple[tuple[Finding | None, str], ...]  # (finding, looked_for) of red flags; None: not in the model
+    red_flags: tuple[tuple[Finding | None, str], ...]  # (finding, short name) of red flags; None: not in the model
     closing: Mapping[str, str]                         # card id -> the detail's last paragraph (rule id, sources)
+    deciding: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # rule id -> predicates its `when` needs
 
 
 def prepare(table: RuleTable) -> Prepared:
@@ -62,7 +71,7 @@ def prepare(table: RuleTable) -> Prepared:
         checks=prepare_checks(table),
         findings=tuple((Finding(key), label.label) for key, label in table.findings.items() if key in _FINDINGS),
         red_flags=tuple(
-            (Finding(key) if key in _FINDINGS else None, label.looked_for)
+            (Finding(key) if key in _FINDINGS else None, label.short)
             for key, label in table.findings.items()
             if label.red_flag
         ),
@@ -70,7 +79,19 @@ def prepare(table: RuleTable) -> Prepared:
             cid: "Rule `" + cid + "` · Sources: " + "; ".join(table.sources[k].label for k in content.cites)
             for cid, content in table.cards.items()
         },
+        deciding={r.id: _deciding_predicates(r.id, r.when.all + r.when.any, table) for r in table.rules},
     )
+
+
+def _deciding_predicates(rule_id: str, names: tuple[str, ...], table: RuleTable) -> tuple[str, ...]:
+    """The rule's own predicates, and those its card's suggestions and wording turn on (e.g. the
+    mechanism of injury that decides which study comes first)."""
+    content = table.cards.get(rule_id)
+    extra: list[str] = []
+    if content is not None:
+        extra += [v.when for v in content.variants]
+        extra += [p for s in content.suggestions for p in (s.recommended_when, s.omit_when) if p]
+    return tuple(dict.fromkeys(n for n in (*names, *extra) if n != "weaker_risk_factor"))
 
 
 def prepare_checks(table: RuleTable) -> actions.Checks:
@@ -83,7 +104,7 @@ def prepare_checks(table: RuleTable) -> actions.Checks:
         checks.rating("appropriate", rule_id)
     checks.priority_stat()
     checks.physical_therapy()
-    for reason in actions.REASONS:
+    for reason in REASONS:
         checks.reason(reason)
     for content in table.cards.values():
         for spec in content.suggestions:
@@ -95,20 +116,45 @@ def prepare_checks(table: RuleTable) -> actions.Checks:
     return checks
 
 
+@dataclass(slots=True)
+class _Offer:
+    """One suggestion while a decision's cards are assembled (before merging)."""
+
+    spec: Suggestion
+    json: dict[str, Any]
+    code: str | None = None      # the study a replace-code suggestion orders
+    display: str | None = None
+    rating: str | None = None
+    stat: bool = False           # also makes the order STAT (a merged suggestion)
+
+
 def render_decision(
     decision: Decision, table: RuleTable, prepared: Prepared
 ) -> tuple[list[RenderedCard], dict[str, Any] | None]:
-    """The cards of one order (rating card first, then modifiers) and its rating systemAction."""
+    """The cards of one order (rating card first, then modifiers) and its rating systemAction.
+
+    v2 merging ("Alternatives vs merging"): a STAT suggestion of the rating card is merged into every
+    study-changing suggestion of the modifiers (one suggestion makes both changes, on the rating card,
+    whose indicator is the higher); a modifier suggestion equal to one already offered is left out, and
+    an info modifier left with nothing to offer is left out with it.
+    """
     facts = decision.facts
     draft = actions.Draft(facts.order, prepared.checks)
-    rendered: list[RenderedCard] = []
     rule = decision.rule
+    rule_id = rule.id if rule else "none"
+    parts: list[tuple[CardContent, Modifier | None, list[_Offer]]] = []
     if rule is not None and rule.card:
         content = table.cards[rule.id]
-        rendered.append(_card(content, decision, table, prepared, draft, modifier=None, rating_card=True))
+        parts.append((content, None, _offers(content, decision, draft, None)))
     for modifier in decision.modifiers:
         content = table.cards[modifier.id]
-        rendered.append(_card(content, decision, table, prepared, draft, modifier=modifier, rating_card=False))
+        parts.append((content, modifier, _offers(content, decision, draft, modifier)))
+    _merge(parts, decision, draft, rule_id)
+    rendered = [
+        _card(content, decision, table, prepared, offers, rating_card=modifier is None)
+        for content, modifier, offers in parts
+        if offers or modifier is None or content.indicator != "info" or not content.suggestions
+    ]
     system_action = None
     if rule is not None and decision.rating is not None:
         try:
@@ -118,25 +164,89 @@ def render_decision(
     return rendered, system_action
 
 
+def _merge(parts: list[tuple[CardContent, Modifier | None, list[_Offer]]], decision: Decision, draft: actions.Draft, rule_id: str) -> None:
+    """Merge STAT into the modifiers' study changes; drop modifier suggestions already offered."""
+    if not parts:
+        return
+    rating = parts[0][1] is None
+    first = parts[0][2] if rating else []
+    # The rating card asks for STAT (rule 1) unless the order already is: even where the plain STAT
+    # suggestion is left out (the ordered study is not usually appropriate), study changes carry it.
+    stat = rating and decision.facts.order.priority not in ("stat", "asap") and any(
+        s.action == "set-priority-stat" for s in parts[0][0].suggestions
+    )
+    offered = {(o.spec.action, o.code) for o in first}
+    # When the rating card recommends cancelling the order, a modifier's change to it is still
+    # offered but not recommended: the two are not to be accepted together.
+    cancel = any(o.spec.action == "delete-order" and o.json["isRecommended"] for o in first)
+    for _content, modifier, offers in parts:
+        if modifier is None:
+            continue
+        for offer in offers:
+            if cancel:
+                offer.json["isRecommended"] = False
+        for offer in list(offers):
+            if (offer.spec.action, offer.code) in offered:
+                offers.remove(offer)
+            elif stat and offer.spec.action == "replace-code" and offer.code:
+                offers.remove(offer)
+                merged = _stat_and_code(offer, decision, draft, rule_id)
+                if merged is not None and not any(o.stat and o.code == offer.code for o in first):
+                    first.append(merged)
+            offered.add((offer.spec.action, offer.code))
+
+
+def _stat_and_code(offer: _Offer, decision: Decision, draft: actions.Draft, rule_id: str) -> _Offer | None:
+    try:
+        action = actions.stat_and_replace_code(draft, offer.code or "", offer.display or "", offer.rating, rule_id)
+    except actions.InvalidOrder as exc:
+        log.warning("merged suggestion dropped for %s: %s", decision.facts.order.reference, exc)
+        return None
+    label = f"Make STAT and change to {offer.display} ({offer.code})"
+    spec = Suggestion(key=f"stat-and-{offer.spec.key}", label=label, action="replace-code", recommended=True)
+    return _Offer(spec, _suggestion_json(label, True, action), code=offer.code, display=offer.display, stat=True)
+
+
+def _offers(content: CardContent, decision: Decision, draft: actions.Draft, modifier: Modifier | None) -> list[_Offer]:
+    """The card's suggestions for these facts: conditions applied, recommended ones first."""
+    facts = decision.facts
+    out: list[_Offer] = []
+    for spec in content.suggestions:
+        if spec.omit_when and PREDICATES[spec.omit_when](facts):
+            continue
+        recommended = spec.recommended
+        if spec.recommended_when:
+            recommended = PREDICATES[spec.recommended_when](facts)
+        if spec.recommended_unless and PREDICATES[spec.recommended_unless](facts):
+            recommended = False
+        offer = _suggestion(spec, recommended, decision, draft, modifier)
+        if offer is not None:
+            out.append(offer)
+    if any(s.recommended_when for s in content.suggestions):
+        out.sort(key=lambda o: not o.json["isRecommended"])  # stable: the recommended alternative first
+    return out
+
+
 def _card(
     content: CardContent,
     decision: Decision,
     table: RuleTable,
     prepared: Prepared,
-    draft: actions.Draft,
+    offers: list[_Offer],
     *,
-    modifier: Modifier | None,
     rating_card: bool,
 ) -> RenderedCard:
     facts = decision.facts
     prior = _prior_date(facts)
-    suggestions = [s for s in (_suggestion(s, decision, draft, modifier) for s in content.suggestions) if s is not None]
+    suggestions = [o.json for o in offers]
     lead = table.sources[content.cites[0]]
+    variant = next((v for v in content.variants if PREDICATES[v.when](facts)), None)
+    summary = (variant.summary if variant and variant.summary else None) or content.summary
     card: dict[str, Any] = {
         "uuid": actions.random_uuid(),
-        "summary": content.summary.replace("{prior_date}", prior),
-        "detail": _detail(content, decision, prepared, rating_card=rating_card, prior=prior),
-        "indicator": content.indicator,
+        "summary": summary.replace("{prior_date}", prior),
+        "detail": _detail(content, decision, prepared, rating_card=rating_card, prior=prior, variant=variant),
+        "indicator": _indicator(content, decision, rating_card),
         "source": {
             "label": lead.label,
             "url": lead.url,
@@ -148,14 +258,26 @@ def _card(
         card["suggestions"] = suggestions
         card["selectionBehavior"] = "at-most-one"
     if content.override_reasons:
-        card["overrideReasons"] = [{"system": r.system, "code": r.code, "display": r.display} for r in table.override_reasons]
+        reasons = {r.code: r for r in table.override_reasons}
+        card["overrideReasons"] = [
+            {"system": reasons[c].system, "code": c, "display": reasons[c].display} for c in content.override_reasons
+        ]
     return RenderedCard(card=card, rule_id=content.id, suggestion_uuids=tuple(s["uuid"] for s in suggestions))
 
 
-def _suggestion(spec: Suggestion, decision: Decision, draft: actions.Draft, modifier: Modifier | None) -> dict[str, Any] | None:
+def _indicator(content: CardContent, decision: Decision, rating_card: bool) -> str:
+    """v2: a rating card's indicator follows its rating (not-appropriate: warning; appropriate: info);
+    rule 1 stays critical. Modifier cards keep their own."""
+    if not rating_card or content.indicator == "critical":
+        return content.indicator
+    return {"not-appropriate": "warning", "appropriate": "info"}.get(decision.rating or "", content.indicator)
+
+
+def _suggestion(spec: Suggestion, recommended: bool, decision: Decision, draft: actions.Draft, modifier: Modifier | None) -> _Offer | None:
     facts = decision.facts
     rule_id = decision.rule.id if decision.rule else "none"
     rating = decision.rating if spec.rating == "same-as-order" else spec.rating
+    code = display = None
     try:
         match spec.action:
             case "delete-order":
@@ -179,24 +301,47 @@ def _suggestion(spec: Suggestion, decision: Decision, draft: actions.Draft, modi
     except (actions.InvalidOrder, KeyError) as exc:
         log.warning("suggestion %s dropped for %s: %s", spec.key, facts.order.reference, exc)
         return None
-    return {"label": spec.label, "uuid": actions.random_uuid(), "isRecommended": spec.recommended, "actions": [action]}
+    return _Offer(spec, _suggestion_json(spec.label, recommended, action), code=code, display=display, rating=rating)
+
+
+def _suggestion_json(label: str, recommended: bool, action: dict[str, Any]) -> dict[str, Any]:
+    return {"label": label, "uuid": actions.random_uuid(), "isRecommended": recommended, "actions": [action]}
 
 
 def _prior_date(facts: Facts) -> str:
-    dates = [e.on for e in facts.findings.get(Finding.PRIOR_LUMBAR_MRI, ()) if e.on is not None]
+    dates = [e.on for e in facts.findings.get(Finding.PRIOR_LUMBAR_IMAGING, ()) if e.on is not None]
     return max(dates).isoformat() if dates else "an earlier date"
 
 
-def _detail(content: CardContent, decision: Decision, prepared: Prepared, *, rating_card: bool, prior: str) -> str:
+def _detail(content: CardContent, decision: Decision, prepared: Prepared, *, rating_card: bool, prior: str,
+            variant: Variant | None = None) -> str:
+    """v2 layout: the verdict; the facts that decided it; weaker risk factors found; what was looked
+    for and not found, in one line; the ordered study and rating; what to do; ACR wording and sources."""
     facts = decision.facts
-    parts = [content.verdict.replace("{prior_date}", prior)]
-    why = _why_lines(facts, prepared)
+    verdict = (variant.verdict if variant and variant.verdict else None) or content.verdict
+    advice = (variant.advice if variant and variant.advice else None) or content.advice
+    parts = [verdict.replace("{prior_date}", prior)]
+    deciding = _deciding(decision, prepared) if rating_card else set()
+    why = _why_lines(facts, prepared, deciding, rating_card)
     if why:
         parts.append("**Why**\n\n" + "\n".join(why))
-    if rating_card and decision.rating != "appropriate":
-        absent = [looked_for for finding, looked_for in prepared.red_flags if finding not in facts.findings]
+    supports = decision.rating == "appropriate"
+    if rating_card and not supports:
+        weaker = [(f, label) for f, label in prepared.findings if f in facts.findings and f in WEAKER and f not in deciding]
+        if weaker:
+            parts.append(
+                "**Found, does not by itself support immediate imaging** (ACP-2011: reassess after a trial of therapy):\n\n"
+                + "\n".join(f"- {label}: {_evidence_text(facts.findings[f])}" for f, label in weaker)
+            )
+        absent = [short for finding, short in prepared.red_flags if finding not in facts.findings]
         if absent:
-            parts.append("**Red flags looked for and not found:**\n\n" + "\n".join(f"- {a}" for a in absent))
+            parts.append("**Not found in the coded record:** " + ", ".join(absent) + ".")
+    shown_weaker = rating_card and not supports
+    others = [label for f, label in prepared.findings
+              if f in facts.findings and f not in deciding and f not in _EPISODE and f not in _AGES
+              and not (shown_weaker and f in WEAKER) and f not in _MODIFIER_FACTS]
+    if rating_card and others:
+        parts.append("**Also in the record:** " + "; ".join(others) + ".")
     if facts.unavailable:
         parts.append(
             "**Not available:** " + ", ".join(facts.unavailable)
@@ -205,25 +350,41 @@ def _detail(content: CardContent, decision: Decision, prepared: Prepared, *, rat
     system = _CODE_LABELS.get(facts.order.system, facts.order.system)
     ordered = f"{facts.order.display or 'Lumbar spine MRI'} ({system} {facts.order.code})"
     rating = f" Rating recorded: **{RATING_WORDS[decision.rating]}**." if rating_card and decision.rating else ""
-    parts.append(f"**Ordered study:** {ordered}.{rating}\n\n**ACR rating:** {content.acr_rating}")
-    if content.advice:
-        parts.append(content.advice)
+    parts.append(f"**Ordered study:** {ordered}.{rating}")
+    if advice:
+        parts.append(advice)
+    parts.append(f"**ACR rating:** {content.acr_rating}")
     parts.append(prepared.closing[content.id])
     return "\n\n".join(parts)
 
 
-def _why_lines(facts: Facts, prepared: Prepared) -> list[str]:
+def _deciding(decision: Decision, prepared: Prepared) -> set[Finding]:
+    """The facts read by the predicates of the matched rule that hold (an `any` list: those that hold)."""
+    if decision.rule is None:
+        return set()
+    out: set[Finding] = set()
+    for name in prepared.deciding.get(decision.rule.id, ()):
+        if name != "weaker_risk_factor" and PREDICATES[name](decision.facts):
+            out.update(f for f in READS[name] if f in decision.facts.findings)
+    return out
+
+
+def _why_lines(facts: Facts, prepared: Prepared, deciding: set[Finding], rating_card: bool) -> list[str]:
+    """The facts that decided the verdict (a modifier card: its own facts), each with its source."""
     lines = []
-    if facts.age is not None:
+    if facts.age is not None and rating_card:
         lines.append(f"- Age {facts.age}" + (f", {facts.sex}" if facts.sex else ""))
-    if facts.has(Finding.BACK_PAIN):
+    episode = facts.findings.get(Finding.BACK_PAIN) if rating_card else None
+    if episode:
         if facts.episode_start is not None:
-            lines.append(f"- Current back pain episode since {facts.episode_start.isoformat()} ({facts.episode_days} days)")
+            lines.append(f"- Back pain episode since {facts.episode_start.isoformat()} ({facts.episode_days} days): {_evidence_text(episode)}")
         else:
-            lines.append("- Current back pain episode of unknown duration (no dated diagnosis)")
+            lines.append(f"- Back pain episode of unknown duration (no dated diagnosis): {_evidence_text(episode)}")
     for finding, label in prepared.findings:
         evidence = facts.findings.get(finding)
-        if evidence:
+        if not evidence or finding in _AGES:
+            continue
+        if (finding in deciding and finding is not Finding.BACK_PAIN) or (not rating_card and finding in _MODIFIER_FACTS):
             lines.append(f"- {label}: {_evidence_text(evidence)}")
     return lines
 
@@ -232,3 +393,7 @@ def _evidence_text(evidence: tuple[Evidence, ...]) -> str:
     shown = [f"{e.text} ({e.reference}{', ' + e.on.isoformat() if e.on else ''})" for e in evidence[:EVIDENCE_SHOWN]]
     more = len(evidence) - EVIDENCE_SHOWN
     return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+WEAKER = frozenset(WEAKER_RISK_FACTORS)
+_EPISODE = frozenset({Finding.BACK_PAIN, Finding.RADICULOPATHY})
+_AGES = frozenset({Finding.AGE_OVER_50, Finding.OLDER_AGE})  # the age line says it
+_MODIFIER_FACTS = frozenset({Finding.PREGNANCY, Finding.PRIOR_LUMBAR_IMAGING})

@@ -16,11 +16,11 @@ from urllib.parse import urlsplit
 
 from service.errors import ConfigError
 from service.rules.predicates import PREDICATES
+from service.rules.vocabulary import ACTIONS
+from service.rules.vocabulary import REASON_KEYS
 
 RATINGS = ("appropriate", "not-appropriate", "no-criteria-apply", "none")
 INDICATORS = ("info", "warning", "critical")
-ACTIONS = ("delete-order", "refer-physical-therapy", "set-priority-stat", "replace-code", "add-reason")
-REASON_KEYS = ("low_back_pain", "radiculopathy", "cauda_equina", "cancer_history", "spinal_infection")
 SUMMARY_LIMIT = 140  # CDS Hooks 2.0: summary "<140 characters"
 PLACEHOLDERS = ("{prior_date}",)
 
@@ -66,6 +66,9 @@ class Suggestion:
     display: str | None = None    # replace-code
     reason: str | None = None     # add-reason
     rating: str | None = None     # rating carried by the updated order: a code, or "same-as-order"
+    recommended_when: str | None = None   # predicate: recommended (and listed first) when it holds
+    recommended_unless: str | None = None # predicate: not recommended when it holds
+    omit_when: str | None = None          # predicate: left out when it holds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,6 +80,16 @@ class Source:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Variant:
+    """Card wording used instead of the card's own when a predicate holds (e.g. a weaker risk factor)."""
+
+    when: str                  # predicate name
+    summary: str | None = None
+    verdict: str | None = None
+    advice: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CardContent:
     id: str
     indicator: str
@@ -85,8 +98,9 @@ class CardContent:
     acr_rating: str
     advice: str | None
     cites: tuple[str, ...]
-    override_reasons: bool
+    override_reasons: tuple[str, ...]   # codes of override-reasons.toml offered on this card, in order
     suggestions: tuple[Suggestion, ...]
+    variants: tuple[Variant, ...] = ()  # v2: wording for particular facts; the first whose `when` holds
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +108,7 @@ class FindingLabel:
     label: str
     looked_for: str
     red_flag: bool
+    short: str = ""      # a few words, for the card's one-line "not found in the coded record"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,7 +153,8 @@ def load_table(directory: Path | None = None) -> RuleTable:
     findings = {k: _finding(k, v, problems) for k, v in _read(directory / "findings.toml", problems).items()}
     reasons = _override_reasons(_read(directory / "override-reasons.toml", problems), problems)
     card_ids = [r.id for r in rules if r.card] + list(dict.fromkeys(m.id for m in modifiers))
-    cards = {cid: _card(directory / f"{cid}.toml", cid, sources, problems) for cid in card_ids}
+    codes = {r.code for r in reasons}
+    cards = {cid: _card(directory / f"{cid}.toml", cid, sources, codes, problems) for cid in card_ids}
     _check_references(rules, modifiers, problems)
     problems.raise_if_any(directory)
     return RuleTable(
@@ -243,7 +259,8 @@ def _finding(key: str, raw: Any, problems: _Problems) -> FindingLabel:
     if not isinstance(raw, dict) or not isinstance(raw.get("label"), str) or not isinstance(raw.get("looked_for"), str):
         problems.add(f"findings.toml [{key}]", "needs label and looked_for strings")
         raw = {}
-    return FindingLabel(label=raw.get("label", key), looked_for=raw.get("looked_for", key), red_flag=bool(raw.get("red_flag", False)))
+    return FindingLabel(label=raw.get("label", key), looked_for=raw.get("looked_for", key), red_flag=bool(raw.get("red_flag", False)),
+                        short=str(raw.get("short") or raw.get("label", key)))
 
 
 def _override_reasons(raw: Mapping[str, Any], problems: _Problems) -> tuple[OverrideReason, ...]:
@@ -261,7 +278,7 @@ def _override_reasons(raw: Mapping[str, Any], problems: _Problems) -> tuple[Over
     return tuple(out)
 
 
-def _card(path: Path, card_id: str, sources: Mapping[str, Source], problems: _Problems) -> CardContent | None:
+def _card(path: Path, card_id: str, sources: Mapping[str, Source], reasons: set[str], problems: _Problems) -> CardContent | None:
     raw = _read(path, problems)
     if not raw:
         return None
@@ -277,6 +294,7 @@ def _card(path: Path, card_id: str, sources: Mapping[str, Source], problems: _Pr
     longest = summary.replace("{prior_date}", "2026-12-31")
     if len(longest) >= SUMMARY_LIMIT:
         problems.add(where, f"summary has {len(longest)} characters; it must stay under {SUMMARY_LIMIT}")
+    variants = tuple(_variant(v, n, where, problems) for n, v in enumerate(_array(raw, "variant", where, problems)))
     for field in ("summary", "verdict", "acr_rating", "advice"):
         text = str(raw.get(field, "")).replace("{prior_date}", "")
         if "{" in text or "}" in text:
@@ -288,6 +306,15 @@ def _card(path: Path, card_id: str, sources: Mapping[str, Source], problems: _Pr
     for key in cites:
         if key not in sources:
             problems.add(where, f"cites unknown source {key!r} (not in sources.toml)")
+    offered = raw.get("override_reasons", [])
+    if not isinstance(offered, list) or not all(isinstance(c, str) for c in offered):
+        problems.add(where, "override_reasons must be a list of reason codes")
+        offered = []
+    for code in offered:
+        if code not in reasons:
+            problems.add(where, f"override reason {code!r} is not in override-reasons.toml")
+    if raw.get("indicator") == "warning" and not offered:
+        problems.add(where, "a warning card needs override_reasons (decision-rules.md)")
     suggestions = tuple(_suggestion(s, n, where, problems) for n, s in enumerate(_array(raw, "suggestion", where, problems)))
     return CardContent(
         id=card_id,
@@ -297,9 +324,26 @@ def _card(path: Path, card_id: str, sources: Mapping[str, Source], problems: _Pr
         acr_rating=str(raw.get("acr_rating", "")),
         advice=raw.get("advice") or None,
         cites=tuple(cites),
-        override_reasons=bool(raw.get("override_reasons", False)),
+        override_reasons=tuple(offered),
         suggestions=suggestions,
+        variants=variants,
     )
+
+
+def _variant(raw: Mapping[str, Any], n: int, card: str, problems: _Problems) -> Variant:
+    where = f"{card} variant[{n}] ({raw.get('when', '?')})"
+    if raw.get("when") not in PREDICATES:
+        problems.add(where, f"when names unknown predicate {raw.get('when')!r}")
+    for field in ("summary", "verdict", "advice"):
+        value = raw.get(field)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            problems.add(where, f"{field} must be text")
+        elif isinstance(value, str) and ("{" in value or "}" in value):
+            problems.add(where, f"{field}: no placeholder is allowed in a variant")
+    summary = raw.get("summary")
+    if isinstance(summary, str) and len(summary) >= SUMMARY_LIMIT:
+        problems.add(where, f"summary has {len(summary)} characters; it must stay under {SUMMARY_LIMIT}")
+    return Variant(when=str(raw.get("when", "")), summary=raw.get("summary"), verdict=raw.get("verdict"), advice=raw.get("advice"))
 
 
 def _suggestion(raw: Mapping[str, Any], n: int, card: str, problems: _Problems) -> Suggestion:
@@ -313,6 +357,9 @@ def _suggestion(raw: Mapping[str, Any], n: int, card: str, problems: _Problems) 
         problems.add(where, "replace-code needs a CPT code")
     if action == "add-reason" and raw.get("reason") not in REASON_KEYS:
         problems.add(where, f"add-reason needs reason = one of {', '.join(REASON_KEYS)}")
+    for field in ("recommended_when", "recommended_unless", "omit_when"):
+        if raw.get(field) is not None and raw.get(field) not in PREDICATES:
+            problems.add(where, f"{field} names unknown predicate {raw.get(field)!r}")
     if raw.get("rating") not in (None, "same-as-order", "appropriate", "not-appropriate", "no-criteria-apply"):
         problems.add(where, "rating must be appropriate, not-appropriate, no-criteria-apply or same-as-order")
     return Suggestion(
@@ -324,4 +371,7 @@ def _suggestion(raw: Mapping[str, Any], n: int, card: str, problems: _Problems) 
         display=raw.get("display"),
         reason=raw.get("reason"),
         rating=raw.get("rating"),
+        recommended_when=raw.get("recommended_when"),
+        recommended_unless=raw.get("recommended_unless"),
+        omit_when=raw.get("omit_when"),
     )

@@ -14,6 +14,7 @@ from service.facts.codes import DEFAULT_PATH
 from service.facts.codes import REQUIRED_CONCEPTS
 from service.facts.codes import ValueSets
 from service.facts.codes import default_valuesets
+from service.facts.codes import snomed_check_digit_ok
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
@@ -22,6 +23,7 @@ LOINC = "http://loinc.org"
 CPT = "http://www.ama-assn.org/go/cpt"
 CPT_OID = "urn:oid:2.16.840.1.113883.6.12"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ATC = "http://www.whocc.no/atc"
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +108,11 @@ MEMBERSHIP = [
     (ICD10CM, "F14.10", "iv_drug_use", True),
     (ICD10CM, "F12.20", "iv_drug_use", False),             # cannabis
     (ICD10CM, "F10.20", "iv_drug_use", False),             # alcohol
-    (ICD10CM, "A41.9", "systemic_infection", True),
-    (ICD10CM, "A40.0", "systemic_infection", True),
-    (ICD10CM, "R78.81", "systemic_infection", True),
-    (ICD10CM, "I33.0", "systemic_infection", True),
-    (ICD10CM, "A42.7", "systemic_infection", False),       # just past the A40-A41 range
+    (ICD10CM, "A41.9", "recent_infection", True),
+    (ICD10CM, "A40.0", "recent_infection", True),
+    (ICD10CM, "R78.81", "recent_infection", True),
+    (ICD10CM, "I33.0", "recent_infection", True),
+    (ICD10CM, "A42.7", "recent_infection", False),         # just past the A40-A41 range
     # immunosuppression
     (ICD10CM, "B20", "immunosuppression", True),
     (ICD10CM, "D84.821", "immunosuppression", True),
@@ -129,7 +131,8 @@ MEMBERSHIP = [
     (ICD10CM, "Z79.52", "long_term_steroids", True),
     # prior lumbar surgery
     (ICD10CM, "M96.1", "prior_lumbar_surgery", True),
-    (ICD10CM, "Z98.1", "prior_lumbar_surgery", True),
+    (ICD10CM, "Z98.1", "prior_lumbar_surgery", False),        # v2: fusion_status, lumbar only when located
+    (ICD10CM, "M96.0", "prior_lumbar_surgery", False),
     (CPT, "63030", "prior_lumbar_surgery", True),
     (CPT_OID, "22630", "prior_lumbar_surgery", True),
     (CPT, "63048", "prior_lumbar_surgery", False),         # additional segment, any region
@@ -163,6 +166,39 @@ MEMBERSHIP = [
     (CPT, "72141", "order_mri_lumbar", False),             # cervical MRI
     (CPT, "72131", "order_ct_lumbar", True),
     (CPT, "72100", "order_xray_lumbar", True),
+    # v2 facts
+    (ICD10CM, "N39.0", "recent_infection", True),         # urinary tract infection
+    (ICD10CM, "N30.00", "recent_infection", True),
+    (ICD10CM, "N30.10", "recent_infection", False),        # interstitial cystitis is not infection
+    (ICD10CM, "N12", "recent_infection", True),
+    (ICD10CM, "N13.6", "recent_infection", False),         # pyonephrosis: outside N10-N12
+    (ICD10CM, "L03.311", "recent_infection", True),        # cellulitis of abdominal wall
+    (ICD10CM, "L02.212", "recent_infection", True),
+    (ICD10CM, "L04.0", "recent_infection", False),         # lymphadenitis
+    (ICD10CM, "R63.4", "weight_loss", True),
+    (ICD10CM, "R63.5", "weight_loss", False),              # abnormal weight gain
+    (ICD10CM, "M45.6", "ankylosing_spondylitis", True),
+    (ICD10CM, "M46.1", "ankylosing_spondylitis", False),
+    (ICD10CM, "V43.52XA", "high_energy_mechanism", True),  # car driver in collision
+    (ICD10CM, "V99.XXXA", "high_energy_mechanism", True),
+    (ICD10CM, "W11.XXXA", "high_energy_mechanism", True),  # fall from a ladder
+    (ICD10CM, "W17.89XA", "high_energy_mechanism", True),
+    (ICD10CM, "W18.30XA", "high_energy_mechanism", False),  # fall on the same level
+    (ICD10CM, "W10.0XXA", "high_energy_mechanism", False),  # fall on stairs
+    (ICD10CM, "Z98.1", "fusion_status", True),
+    (ICD10CM, "M96.0", "fusion_status", True),
+    (ICD10CM, "M96.1", "fusion_status", False),
+    (SCT, "122496007", "lumbar_body_site", True),
+    (RXNORM, "5640", "nsaid_medication", True),
+    (RXNORM, "5640", "muscle_relaxant_medication", False),
+    (RXNORM, "21949", "muscle_relaxant_medication", True),
+    (ATC, "M01AE01", "nsaid_medication", True),            # ibuprofen, by ATC
+    (ATC, "M01AE01", "conservative_medication", True),
+    (ATC, "m03bx08", "muscle_relaxant_medication", True),
+    (ATC, "M03AX01", "muscle_relaxant_medication", False),  # botulinum toxin: peripherally acting
+    (ATC, "H02AB07", "glucocorticoid_medication", True),   # prednisone
+    (ATC, "H02AA02", "glucocorticoid_medication", False),  # fludrocortisone: a mineralocorticoid
+    (ATC, "D07AA02", "glucocorticoid_medication", False),  # topical hydrocortisone
 ]
 
 
@@ -234,7 +270,8 @@ def test_codings_are_exact_entries_with_canonical_urls(vs: ValueSets) -> None:
     assert all(system != CPT_OID for system, _ in mri)
     assert vs.codings("body_temperature")[0] == (LOINC, "8310-5")
     assert vs.codings("pregnant_value") == ((SCT, "77386006"),)
-    assert vs.codings("motor_deficit") == ()            # ICD-10 prefixes only: nothing to search by exact code
+    # ICD-10 prefixes are not exact codings; the SNOMED CT expansion is
+    assert all(system == SCT for system, _ in vs.codings("motor_deficit"))
     with pytest.raises(KeyError):
         vs.codings("no_such_concept")
 
@@ -264,22 +301,6 @@ def _loinc_check_digit_ok(code: str) -> bool:
     return (10 - total % 10) % 10 == int(check)
 
 
-_D = [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 0, 6, 7, 8, 9, 5], [2, 3, 4, 0, 1, 7, 8, 9, 5, 6],
-      [3, 4, 0, 1, 2, 8, 9, 5, 6, 7], [4, 0, 1, 2, 3, 9, 5, 6, 7, 8], [5, 9, 8, 7, 6, 0, 4, 3, 2, 1],
-      [6, 5, 9, 8, 7, 1, 0, 4, 3, 2], [7, 6, 5, 9, 8, 2, 1, 0, 4, 3], [8, 7, 6, 5, 9, 3, 2, 1, 0, 4],
-      [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]]
-_P = [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 5, 7, 6, 2, 8, 3, 0, 9, 4], [5, 8, 0, 3, 7, 9, 6, 1, 4, 2],
-      [8, 9, 1, 6, 0, 4, 3, 5, 2, 7], [9, 4, 5, 3, 1, 2, 6, 8, 7, 0], [4, 2, 8, 6, 5, 7, 3, 9, 0, 1],
-      [2, 7, 9, 3, 8, 0, 6, 4, 1, 5], [7, 0, 4, 6, 9, 1, 3, 2, 5, 8]]
-
-
-def _snomed_verhoeff_ok(code: str) -> bool:
-    check = 0
-    for i, ch in enumerate(reversed(code)):
-        check = _D[check][_P[i % 8][int(ch)]]
-    return check == 0
-
-
 def test_loinc_and_snomed_identifiers_carry_valid_check_digits(raw: dict[str, Any]) -> None:
     """A mistyped LOINC or SNOMED CT id fails its check digit (LOINC mod 10, SNOMED Verhoeff)."""
     for name, concept in raw["concepts"].items():
@@ -287,7 +308,7 @@ def test_loinc_and_snomed_identifiers_carry_valid_check_digits(raw: dict[str, An
             if entry["system"] == "loinc":
                 assert _loinc_check_digit_ok(entry["code"]), (name, entry["code"])
             if entry["system"] == "snomed":
-                assert entry["code"].isdigit() and _snomed_verhoeff_ok(entry["code"]), (name, entry["code"])
+                assert snomed_check_digit_ok(entry["code"]), (name, entry["code"])
 
 
 def _write(tmp_path: Path, doc: dict[str, Any]) -> Path:
@@ -383,3 +404,55 @@ def test_lookup_is_fast(vs: ValueSets) -> None:
                 vs.concepts(system, code)
         best = min(best, (time.perf_counter() - start) / (rounds * len(cases)))
     assert best < 20e-6
+
+
+@pytest.mark.parametrize(
+    ("system", "code", "display"),
+    [
+        (ICD10CM, "M54.50", "Low back pain, unspecified"),
+        (ICD10CM, "m5450", "Low back pain, unspecified"),
+        (ICD10CM, "S32.010A", "Wedge compression fracture of first lumbar vertebra, initial encounter for closed fracture"),
+        (ICD10CM, "R63.4", "Abnormal weight loss"),
+        (ICD10CM, "M46.2", "Osteomyelitis of vertebra"),          # the tree wins over the list's wider label
+        (ICD10, "C34.90", "Malignant neoplasm of unspecified part of unspecified bronchus or lung"),
+        (CPT, "72148", "MRI lumbar spine without contrast"),       # the list's display
+        (SCT, "386661006", "Fever"),
+        (RXNORM, "8640", "prednisone"),
+        (ICD10CM, "E11.9", None),                                   # in no value set
+        (ICD10CM, None, None),
+        ("http://example.org", "M54.50", None),
+    ],
+)
+def test_display_is_the_official_title(vs: ValueSets, system: Any, code: Any, display: str | None) -> None:
+    assert vs.display(system, code) == display
+
+
+@pytest.mark.parametrize(
+    ("system", "code", "expected"),
+    [
+        (RXNORM, "8640", ("8640", "prednisone")),
+        (RXNORM, " 21949 ", ("21949", "cyclobenzaprine")),
+        (ATC, "H02AB", ("H02AB", "Glucocorticoids (corticosteroids for systemic use, plain)")),
+        (RXNORM, "1191", None),                 # aspirin: in no list
+        (SCT, "386661006", None),
+        (None, "8640", None),
+    ],
+)
+def test_ingredient(vs: ValueSets, system: Any, code: Any, expected: tuple[str, str] | None) -> None:
+    assert vs.ingredient(system, code) == expected
+
+
+def test_describe_counts_codes_and_names_sources(vs: ValueSets) -> None:
+    summaries = {s.name: s for s in vs.describe()}
+    assert list(summaries) == list(vs.names)
+    malignancy = summaries["malignancy"]
+    assert malignancy.description.startswith("Active cancer")
+    # C00-C96 minus C44 and Z85 minus Z85.82 cover well over a thousand codes of the tree
+    assert malignancy.codes[ICD10CM] > 1000
+    assert summaries["weight_loss"].codes[ICD10CM] == 1
+    icd = [s for s in malignancy.sources if s.system == ICD10CM]
+    assert icd and "ICD-10-CM FY2026" in icd[0].release
+    for summary in summaries.values():
+        assert summary.sources, summary.name
+        for source in summary.sources:
+            assert source.title and source.reference and source.release and source.codes > 0, (summary.name, source)

@@ -82,6 +82,12 @@ def pt_referral(status: str, authored: str) -> dict[str, Any]:
             "subject": {"reference": "Patient/patient-1"}, "authoredOn": authored}
 
 
+def lumbar_site(condition: dict[str, Any]) -> dict[str, Any]:
+    """The condition placed in the lumbar spine by its bodySite (SNOMED CT 122496007 Lumbar spine structure)."""
+    condition["bodySite"] = [{"coding": [fhir.coding("122496007", "Lumbar spine structure")]}]
+    return condition
+
+
 def prednisone(authored: str, supply_days: int, repeats: int = 0) -> dict[str, Any]:
     return fhir.medication("8640", "prednisone", authored=authored, supply_days=supply_days, repeats=repeats)
 
@@ -131,12 +137,22 @@ FINDINGS = [
     pytest.param([fhir.temperature(39.5, "Cel", on=ago(2), status="cancelled")], F.FEVER, False, id="cancelled-temperature"),
     pytest.param([fhir.temperature(39.5, "kg", on=ago(2))], F.FEVER, False, id="temperature-in-unknown-unit"),
     pytest.param([fhir.temperature(312.0, "K", on=ago(2))], F.FEVER, False, id="temperature-in-kelvin-not-read"),
-    # infection risk: IV drug use within 365 days, bacteremia within 90
-    pytest.param([fhir.condition("F11.20", onset=ago(100))], F.INFECTION_RISK, True, id="opioid-use-disorder-active"),
-    pytest.param([fhir.condition("F11.20", onset=ago(500), clinical="resolved", abatement=ago(400))], F.INFECTION_RISK, False, id="opioid-use-disorder-resolved-400-days-ago"),
-    pytest.param([fhir.condition("F11.20", onset=ago(500), clinical="resolved", abatement=ago(200))], F.INFECTION_RISK, True, id="opioid-use-disorder-resolved-200-days-ago"),
-    pytest.param([fhir.condition("R78.81", onset=ago(60), clinical="resolved")], F.INFECTION_RISK, True, id="bacteremia-60-days-ago"),
-    pytest.param([fhir.condition("R78.81", onset=ago(120), clinical="resolved")], F.INFECTION_RISK, False, id="bacteremia-120-days-ago"),
+    # v2 infection risk: injection drug use within 365 days; a recent infection within 90 days
+    pytest.param([fhir.condition("F11.20", onset=ago(100))], F.IV_DRUG_USE, True, id="opioid-use-disorder-active"),
+    pytest.param([fhir.condition("F11.20", onset=ago(500), clinical="resolved", abatement=ago(400))], F.IV_DRUG_USE, False, id="opioid-use-disorder-resolved-400-days-ago"),
+    pytest.param([fhir.condition("F11.20", onset=ago(500), clinical="resolved", abatement=ago(200))], F.IV_DRUG_USE, True, id="opioid-use-disorder-resolved-200-days-ago"),
+    pytest.param([fhir.condition("F14.20", onset=ago(100))], F.IV_DRUG_USE, True, id="cocaine-use-disorder"),
+    pytest.param([fhir.condition("F12.20", onset=ago(100))], F.IV_DRUG_USE, False, id="cannabis-use-disorder-is-not-injection"),
+    pytest.param([fhir.condition("R78.81", onset=ago(60), clinical="resolved")], F.RECENT_INFECTION, True, id="bacteremia-60-days-ago"),
+    pytest.param([fhir.condition("R78.81", onset=ago(120), clinical="resolved")], F.RECENT_INFECTION, False, id="bacteremia-120-days-ago"),
+    pytest.param([fhir.condition("N39.0", onset=ago(30), clinical="resolved", abatement=ago(20))], F.RECENT_INFECTION, True, id="uti-resolved-30-days-ago"),
+    pytest.param([fhir.condition("N39.0", onset=ago(150), clinical="resolved", abatement=ago(80))], F.RECENT_INFECTION, True, id="uti-abated-80-days-ago"),
+    pytest.param([fhir.condition("L03.115", onset=ago(40))], F.RECENT_INFECTION, True, id="cellulitis-40-days-ago"),
+    pytest.param([fhir.condition("N39.0", onset=ago(200), clinical="resolved", abatement=ago(150))], F.RECENT_INFECTION, False, id="uti-150-days-ago"),
+    # v2: unexplained weight loss within 90 days; ankylosing spondylitis (history counts)
+    pytest.param([fhir.condition("R63.4", onset=ago(60))], F.WEIGHT_LOSS, True, id="weight-loss-60-days-ago"),
+    pytest.param([fhir.condition("R63.4", onset=ago(120), clinical="resolved")], F.WEIGHT_LOSS, False, id="weight-loss-120-days-ago"),
+    pytest.param([fhir.condition("M45.6", onset="2010-01-01", clinical="inactive")], F.ANKYLOSING_SPONDYLITIS, True, id="ankylosing-spondylitis-history"),
     # motor deficit: foot drop yes, generalized weakness no
     pytest.param([fhir.condition("R53.1", onset=ago(3))], F.MOTOR_DEFICIT, False, id="generalized-weakness-R53.1"),
     pytest.param([fhir.condition("M62.81", onset=ago(3))], F.MOTOR_DEFICIT, False, id="muscle-weakness-M62.81"),
@@ -166,13 +182,20 @@ FINDINGS = [
     # prior lumbar surgery
     pytest.param([fhir.procedure("63030", performed="2023-04-12")], F.PRIOR_LUMBAR_SURGERY, True, id="laminotomy-procedure"),
     pytest.param([fhir.procedure("63030", performed="2023-04-12", status="not-done")], F.PRIOR_LUMBAR_SURGERY, False, id="laminotomy-not-done"),
-    pytest.param([fhir.condition("Z98.1", onset="2020-01-01", clinical="inactive")], F.PRIOR_LUMBAR_SURGERY, True, id="arthrodesis-status"),
-    # prior lumbar MRI in the last 365 days
-    pytest.param([fhir.imaging_report("72148", on=ago(200))], F.PRIOR_LUMBAR_MRI, True, id="mri-report-200-days-ago"),
-    pytest.param([fhir.imaging_report("72148", on=ago(400))], F.PRIOR_LUMBAR_MRI, False, id="mri-report-400-days-ago"),
-    pytest.param([with_status(fhir.imaging_report("72148", on=ago(200)), "entered-in-error")], F.PRIOR_LUMBAR_MRI, False, id="mri-report-entered-in-error"),
-    pytest.param([fhir.imaging_report("72131", on=ago(200))], F.PRIOR_LUMBAR_MRI, False, id="ct-report-is-not-mri"),
-    pytest.param([fhir.procedure("72148", performed=ago(100))], F.PRIOR_LUMBAR_MRI, True, id="mri-procedure-100-days-ago"),
+    # v2: Z98.1 / M96.0 only when the record places them in the lumbar spine
+    pytest.param([fhir.condition("Z98.1", onset="2020-01-01", clinical="inactive")], F.PRIOR_LUMBAR_SURGERY, False, id="arthrodesis-status-not-located"),
+    pytest.param([fhir.condition("Z98.1", onset="2020-01-01", clinical="inactive")], F.FUSION_NOT_LOCATED, True, id="arthrodesis-status-not-located-is-shown"),
+    pytest.param([lumbar_site(fhir.condition("Z98.1", onset="2020-01-01"))], F.FUSION_NOT_LOCATED, False, id="arthrodesis-status-lumbar-is-not-unlocated"),
+    pytest.param([lumbar_site(fhir.condition("Z98.1", onset="2020-01-01"))], F.PRIOR_LUMBAR_SURGERY, True, id="arthrodesis-status-lumbar-body-site"),
+    pytest.param([fhir.condition("Z98.1", onset="2020-01-01"), fhir.condition("M96.1", onset="2021-01-01")], F.PRIOR_LUMBAR_SURGERY, True, id="arthrodesis-status-with-postlaminectomy"),
+    pytest.param([fhir.condition("M96.0", onset="2020-01-01")], F.PRIOR_LUMBAR_SURGERY, False, id="pseudarthrosis-not-located"),
+    # prior lumbar study of the ordered modality (MRI) in the last 365 days
+    pytest.param([fhir.imaging_report("72148", on=ago(200))], F.PRIOR_LUMBAR_IMAGING, True, id="mri-report-200-days-ago"),
+    pytest.param([fhir.imaging_report("72148", on=ago(400))], F.PRIOR_LUMBAR_IMAGING, False, id="mri-report-400-days-ago"),
+    pytest.param([with_status(fhir.imaging_report("72148", on=ago(200)), "entered-in-error")], F.PRIOR_LUMBAR_IMAGING, False, id="mri-report-entered-in-error"),
+    pytest.param([fhir.imaging_report("72131", on=ago(200))], F.PRIOR_LUMBAR_IMAGING, False, id="ct-report-is-not-the-ordered-modality"),
+    pytest.param([fhir.imaging_report("72100", on=ago(200))], F.PRIOR_LUMBAR_IMAGING, False, id="radiographs-are-not-the-ordered-modality"),
+    pytest.param([fhir.procedure("72148", performed=ago(100))], F.PRIOR_LUMBAR_IMAGING, True, id="mri-procedure-100-days-ago"),
     # pregnancy: the latest pregnancy status observation wins
     pytest.param([fhir.pregnancy_status(True, on=ago(10))], F.PREGNANCY, True, id="pregnant-observation"),
     pytest.param([fhir.pregnancy_status(True, on=ago(60)), fhir.pregnancy_status(False, on=ago(10))], F.PREGNANCY, False, id="pregnant-then-not-pregnant"),
@@ -190,7 +213,7 @@ FINDINGS = [
     pytest.param([fhir.condition("M54.50", onset=ago(5), system="http://example.org/local-codes")], F.BACK_PAIN, False, id="known-code-in-unknown-system"),
     # CPT under its OID
     pytest.param([with_system(fhir.procedure("63030", performed="2023-04-12"), CPT_OID)], F.PRIOR_LUMBAR_SURGERY, True, id="cpt-oid-surgery"),
-    pytest.param([with_system(fhir.imaging_report("72148", on=ago(100)), CPT_OID)], F.PRIOR_LUMBAR_MRI, True, id="cpt-oid-prior-mri"),
+    pytest.param([with_system(fhir.imaging_report("72148", on=ago(100)), CPT_OID)], F.PRIOR_LUMBAR_IMAGING, True, id="cpt-oid-prior-mri"),
 ]
 
 
@@ -208,12 +231,12 @@ def test_finding(resources: list[dict[str, Any]], finding: model.Finding, presen
     pytest.param([text_only("Condition", "Severe back pain with fever")], id="free-text-only"),
 ])
 def test_unknown_codes_give_no_findings(resources: list[dict[str, Any]]) -> None:
-    assert dict(facts_of(*resources).findings) == {}
+    assert dict(facts_of(*resources, pat=fhir.patient(birth=born(40))).findings) == {}
 
 
 def test_ivdu_with_fever_is_infection_risk_and_fever() -> None:
     facts = facts_of(fhir.condition("F11.20", onset=ago(200)), fhir.temperature(101.8, "[degF]", on=ago(2)))
-    assert facts.has(F.INFECTION_RISK)
+    assert facts.has(F.IV_DRUG_USE)
     assert facts.has(F.FEVER)
 
 
@@ -327,3 +350,101 @@ def test_order_is_a_lumbar_mri(code: str, system: str, contrast: model.Contrast)
 ])
 def test_order_that_is_not_a_lumbar_mri(code: str, system: str) -> None:
     assert extract.lumbar_mri(fhir.mri_order(code, system=system), VS) is None
+
+
+# -- v2: medications from MedicationRequest, MedicationStatement and MedicationDispense ------------
+
+def statement(code: str, display: str, start: str, end: str | None = None, status: str = "active", system: str = fhir.RXNORM) -> dict[str, Any]:
+    return fhir.medication_statement(code, display, start=start, end=end, status=status, system=system)
+
+
+@pytest.mark.parametrize(("resources", "steroids"), [
+    pytest.param([statement("8640", "prednisone", ago(120))], True, id="statement-open-ended-active-120-days"),
+    pytest.param([statement("8640", "prednisone", ago(60))], False, id="statement-open-ended-active-60-days"),
+    pytest.param([statement("8640", "prednisone", ago(120), status="completed")], False, id="statement-completed-without-end-is-one-day"),
+    pytest.param([statement("8640", "prednisone", ago(200), end=ago(80), status="completed")], True, id="statement-period-120-days"),
+    pytest.param([statement("8640", "prednisone", "2024-01-01")], True, id="statement-begun-before-the-window-counts-inside-it"),
+    pytest.param([statement("8640", "prednisone", ago(500), end=ago(300), status="completed")], False, id="statement-ended-300-days-ago-65-days-inside"),
+    pytest.param([statement("8640", "prednisone", ago(120), status="entered-in-error")], False, id="statement-entered-in-error"),
+    pytest.param([statement("8640", "prednisone", ago(120), status="not-taken")], False, id="statement-not-taken"),
+    pytest.param([statement("H02AB06", "prednisolone", ago(120), system="http://www.whocc.no/atc")], True, id="statement-atc-H02AB"),
+    pytest.param([fhir.medication_dispense("8640", "prednisone", handed_over=ago(100), days_supply=90)], True, id="dispense-90-days-supply"),
+    pytest.param([fhir.medication_dispense("8640", "prednisone", handed_over=ago(100))], False, id="dispense-without-supply-is-30-days"),
+    pytest.param([statement("8640", "prednisone", ago(100)), prednisone(ago(300), 30)], True, id="statement-and-request-add-up"),
+    pytest.param([{**prednisone(ago(200), 0), "dispenseRequest": {"validityPeriod": {"start": ago(200)}}}], True, id="request-open-validity-active-to-today"),
+])
+def test_glucocorticoid_days_v2(resources: list[dict[str, Any]], steroids: bool) -> None:
+    assert facts_of(*resources).has(F.LONG_TERM_STEROIDS) is steroids
+
+
+def test_contained_medication_is_read() -> None:
+    med = statement("8640", "prednisone", ago(120))
+    del med["medicationCodeableConcept"]
+    med["contained"] = [{"resourceType": "Medication", "id": "m1", "code": {"coding": [fhir.coding("8640", "prednisone", fhir.RXNORM)]}}]
+    med["medicationReference"] = {"reference": "#m1"}
+    assert facts_of(med).has(F.LONG_TERM_STEROIDS)
+
+
+# v2: conservative care within the 182 days before the order and after the episode start (here:
+# back pain since 300 days ago).
+@pytest.mark.parametrize(("care", "counts"), [
+    pytest.param(fhir.procedure("97110", performed=ago(100)), True, id="pt-100-days-ago"),
+    pytest.param(fhir.procedure("97110", performed=ago(182)), True, id="pt-182-days-ago"),
+    pytest.param(fhir.procedure("97110", performed=ago(183)), False, id="pt-183-days-ago"),
+    pytest.param(fhir.procedure("97110", performed="2025-03-01"), False, id="pt-from-an-earlier-year"),
+    pytest.param(statement("5640", "ibuprofen", ago(250)), True, id="nsaid-statement-still-active"),
+    pytest.param(statement("5640", "ibuprofen", ago(250), end=ago(200), status="completed"), False, id="nsaid-statement-ended-200-days-ago"),
+    pytest.param(fhir.medication_dispense("21949", "cyclobenzaprine", handed_over=ago(30), days_supply=10), True, id="relaxant-dispense"),
+])
+def test_conservative_care_within_182_days(care: dict[str, Any], counts: bool) -> None:
+    facts = facts_of(fhir.condition("M54.50", onset=ago(300)), care)
+    assert facts.has(F.CONSERVATIVE_CARE) is counts
+
+
+# v2: trauma energy from external cause codes, on the injury's encounter or as Conditions.
+def on_encounter(condition: dict[str, Any], encounter: str) -> dict[str, Any]:
+    condition["encounter"] = {"reference": f"Encounter/{encounter}"}
+    return condition
+
+
+@pytest.mark.parametrize(("resources", "high"), [
+    pytest.param([fhir.condition("S32.010A", onset=ago(5)), fhir.condition("V43.52XA", onset=ago(5))], True, id="car-crash-condition"),
+    pytest.param([fhir.condition("S30.0XXA", onset=ago(5)), fhir.condition("W13.9XXA", onset=ago(5))], True, id="fall-from-building"),
+    pytest.param([fhir.condition("S30.0XXA", onset=ago(5)), fhir.condition("W01.0XXA", onset=ago(5))], False, id="slip-on-level-is-low-energy"),
+    pytest.param([fhir.condition("S30.0XXA", onset=ago(5))], False, id="no-mechanism-coded"),
+    pytest.param([on_encounter(fhir.condition("S30.0XXA", onset=ago(5)), "e1"), on_encounter(fhir.condition("V43.52XA"), "e1")], True, id="undated-cause-on-the-injury-encounter"),
+    pytest.param([on_encounter(fhir.condition("S30.0XXA", onset=ago(5)), "e1"), on_encounter(fhir.condition("V43.52XA", onset=ago(400), clinical="resolved"), "e1")], True, id="cause-on-the-same-encounter"),
+    pytest.param([fhir.condition("S30.0XXA", onset=ago(5)), fhir.condition("V43.52XA", onset=ago(400), clinical="resolved")], False, id="old-crash-elsewhere"),
+])
+def test_trauma_energy(resources: list[dict[str, Any]], high: bool) -> None:
+    facts = facts_of(*resources)
+    assert facts.has(F.RECENT_TRAUMA)
+    assert facts.has(F.HIGH_ENERGY_TRAUMA) is high
+
+
+@pytest.mark.parametrize(("age", "over_70", "over_50"), [
+    pytest.param(71, True, True, id="71"),
+    pytest.param(70, False, True, id="70"),
+    pytest.param(51, False, True, id="51"),
+    pytest.param(50, False, False, id="50"),
+])
+def test_age_findings(age: int, over_70: bool, over_50: bool) -> None:
+    facts = facts_of(pat=fhir.patient(birth=born(age)))
+    assert (facts.has(F.AGE_OVER_70), facts.has(F.AGE_OVER_50)) == (over_70, over_50)
+
+
+def test_fusion_status_beside_a_lumbar_procedure_is_evidence_too() -> None:
+    fusion = fhir.condition("Z98.1", onset="2020-01-01", cid="cond-fusion")
+    facts = facts_of(fusion, fhir.procedure("22612", performed="2019-06-01"))
+    assert "Condition/cond-fusion" in [e.reference for e in facts.findings[F.PRIOR_LUMBAR_SURGERY]]
+
+
+def test_pain_over_one_month_between_28_and_41_days() -> None:
+    assert facts_of(fhir.condition("M54.50", onset=ago(28))).has(F.PAIN_OVER_ONE_MONTH)
+    assert not facts_of(fhir.condition("M54.50", onset=ago(27))).has(F.PAIN_OVER_ONE_MONTH)
+    assert not facts_of(fhir.condition("M54.50", onset=ago(42))).has(F.PAIN_OVER_ONE_MONTH)
+
+
+def test_official_display_on_evidence() -> None:
+    facts = facts_of(fhir.condition("N39.0", onset=ago(10), display="uti"))
+    assert facts.findings[F.RECENT_INFECTION][0].text == "N39.0 Urinary tract infection, site not specified"

@@ -37,7 +37,15 @@ from tests.fhir import load_request
 TABLE = table.load_table()
 EVALUATOR = pipeline.Evaluator(codes.ValueSets.load(), TABLE)
 RATING_RULES = {r.id for r in TABLE.rules}
-REQUIRED_OVERRIDES = {"red-flag-undocumented", "conservative-care-undocumented", "surgical-planning", "patient-specific"}
+RATING_OVERRIDES = ["red-flag-undocumented", "conservative-care-undocumented", "surgical-planning", "patient-specific"]
+# decision-rules.md v2, "What a card must say": the override reasons that fit each warning card.
+OVERRIDES = {
+    "acute-uncomplicated": RATING_OVERRIDES,
+    "no-conservative-trial": RATING_OVERRIDES,
+    "trauma-ct-first": ["imaging-already-done", "high-risk-mechanism-not-coded", "patient-specific"],
+    "repeat-imaging": ["clinical-change", "prior-study-unavailable", "surgical-planning", "patient-specific"],
+    "pregnancy-contrast": ["contrast-agreed-with-radiology", "not-pregnant", "patient-specific"],
+}
 
 # fixture -> (card rule ids in order, rating of every rated order or None, the rule that rated it)
 EXPECTED: dict[str, tuple[list[str], str | None, str | None]] = {
@@ -55,13 +63,29 @@ EXPECTED: dict[str, tuple[list[str], str | None, str | None]] = {
     "persistent-after-conservative-care": (["persistent-after-conservative-care"], "appropriate", "persistent-after-conservative-care"),
     "pregnancy-contrast": (["acute-uncomplicated", "pregnancy-contrast"], "not-appropriate", "acute-uncomplicated"),
     "prior-lumbar-surgery": (["prior-lumbar-surgery"], "appropriate", "prior-lumbar-surgery"),
-    "repeat-imaging": (["acute-uncomplicated", "repeat-imaging"], "not-appropriate", "acute-uncomplicated"),
+    "repeat-imaging": (["repeat-imaging"], "not-appropriate", "repeat-imaging"),
     "sandbox-dstu2-medication-order": ([], None, None),
     "sandbox-empty-order": ([], None, None),
     "sandbox-medication-order": ([], None, None),
     "sandbox-no-draft-orders": ([], None, None),
     "suspected-cancer-infection": (["suspected-cancer-infection"], "appropriate", "suspected-cancer-infection"),
     "trauma-ct-first": (["trauma-ct-first"], "not-appropriate", "trauma-ct-first"),
+    # decision-rules.md v2: one story per new behaviour
+    "snomed-cancer-history": (["suspected-cancer-infection"], "appropriate", "suspected-cancer-infection"),
+    "snomed-motor-deficit": (["cauda-equina"], "appropriate", "cauda-equina"),
+    "steroid-statement": (["fracture-risk"], "appropriate", "fracture-risk"),
+    "atc-glucocorticoid-dispense": (["fracture-risk"], "appropriate", "fracture-risk"),
+    "fever-recent-infection": (["suspected-cancer-infection"], "appropriate", "suspected-cancer-infection"),
+    "weight-loss-over-50": (["suspected-cancer-infection"], "appropriate", "suspected-cancer-infection"),
+    "injection-drug-use": (["suspected-cancer-infection"], "appropriate", "suspected-cancer-infection"),
+    "age-over-70": (["fracture-risk"], "appropriate", "fracture-risk"),
+    "ankylosing-spondylitis-trauma": (["fracture-risk"], "appropriate", "fracture-risk"),
+    "acute-weaker-risk-factors": (["acute-uncomplicated"], "not-appropriate", "acute-uncomplicated"),
+    "trauma-high-energy": (["trauma-ct-first"], "not-appropriate", "trauma-ct-first"),
+    "cervical-fusion": (["acute-uncomplicated"], "not-appropriate", "acute-uncomplicated"),
+    "old-physical-therapy": (["no-conservative-trial"], "not-appropriate", "no-conservative-trial"),
+    "known-vertebral-fracture": (["fracture-risk"], "appropriate", "fracture-risk"),
+    "cauda-equina-contrast": (["cauda-equina"], "appropriate", "cauda-equina"),
 }
 FIXTURE_NAMES = sorted(EXPECTED)
 
@@ -144,7 +168,7 @@ def test_card_contract(name: str) -> None:
             uuids.append(suggestion["uuid"])
         if card["indicator"] == "warning":
             reasons = card.get("overrideReasons", [])
-            assert REQUIRED_OVERRIDES <= {r["code"] for r in reasons}, where
+            assert [r["code"] for r in reasons] == OVERRIDES[topic(card)], where
             assert all(r["system"] and r["display"] for r in reasons), where
     assert len(uuids) == len(set(uuids)), "card and suggestion uuids must be unique"
 
@@ -250,7 +274,7 @@ def test_physical_therapy_referral_is_a_new_draft_for_the_same_patient() -> None
 
 
 @pytest.mark.parametrize(("name", "rule_id", "codes_offered"), [
-    pytest.param("trauma-ct-first", "trauma-ct-first", ["72131", "72100"], id="trauma-ct-or-radiographs"),
+    pytest.param("trauma-ct-first", "trauma-ct-first", ["72100", "72131"], id="low-energy-trauma-radiographs-then-ct"),
     pytest.param("fracture-risk", "fracture-risk", ["72100"], id="fracture-risk-radiographs"),
     pytest.param("contrast-choice", "contrast-choice", ["72148"], id="72158-after-conservative-care-to-72148"),
     pytest.param("pregnancy-contrast", "pregnancy-contrast", ["72148"], id="pregnant-to-72148"),
@@ -316,7 +340,7 @@ def test_accepting_the_pregnancy_suggestion_removes_the_pregnancy_card() -> None
     pytest.param("acute-uncomplicated", "acute-uncomplicated", ["(Condition/cond-acute-lbp, 2026-11-12)", "since 2026-11-12 (14 days)"], id="acute"),
     pytest.param("cauda-equina", "cauda-equina", ["(Condition/cond-cauda-retention, 2026-11-25)"], id="cauda-equina"),
     pytest.param("suspected-cancer-infection", "suspected-cancer-infection", ["(Condition/cond-cancer-history, 2019-02-01)"], id="cancer-history"),
-    pytest.param("fever-infection-risk", "suspected-cancer-infection", ["(Observation/obs-1, 2026-11-24)", "(Condition/cond-fever-oud, 2025-06-01)"], id="fever-and-ivdu"),
+    pytest.param("fever-infection-risk", "suspected-cancer-infection", ["(Condition/cond-fever-oud, 2025-06-01)", "**Also in the record:** Fever"], id="fever-and-ivdu"),
     pytest.param("fracture-risk", "fracture-risk", ["(Condition/cond-fracture-osteo, 2021-05-01)"], id="osteoporosis"),
     pytest.param("trauma-ct-first", "trauma-ct-first", ["(Condition/cond-trauma-contusion, 2026-11-22)"], id="trauma"),
     pytest.param("persistent-after-conservative-care", "persistent-after-conservative-care", ["(Procedure/proc-3, 2026-08-20)", "(Condition/cond-persistent-radic, 2026-08-01)"], id="physical-therapy"),
@@ -336,10 +360,12 @@ def test_repeat_imaging_summary_gives_the_earlier_date() -> None:
     assert "2026-06-02" in card["summary"]
 
 
-def red_flag_section(detail: str) -> str:
-    marker = "**Red flags looked for and not found:**"
-    assert marker in detail, detail
-    return detail.split(marker, 1)[1].split("\n\n**", 1)[0]
+NOT_FOUND = "**Not found in the coded record:** "
+
+
+def not_found_line(detail: str) -> str:
+    assert NOT_FOUND in detail, detail
+    return detail.split(NOT_FOUND, 1)[1].split("\n", 1)[0]
 
 
 @pytest.mark.parametrize(("name", "present"), [
@@ -351,19 +377,23 @@ def red_flag_section(detail: str) -> str:
     pytest.param("no-indication", set(), id="no-indication"),
 ])
 def test_rating_card_lists_red_flags_not_found(name: str, present: set[str]) -> None:
-    # The rating card of a not-appropriate (or unrated) order says what would change the verdict.
+    # The rating card of a not-appropriate (or unrated) order says, in one line, what would change
+    # the verdict: every red flag absent, "not found in the coded record" (v2).
     card = response_of(name)["cards"][0]
-    section = red_flag_section(card["detail"])
+    line = not_found_line(card["detail"])
+    names = line.rstrip(".").split(", ")
     for key, label in TABLE.findings.items():
         if label.red_flag:
-            assert (label.looked_for in section) is (key not in present), f"{key} in {section}"
+            assert (label.short in names) is (key not in present), f"{key} in {line}"
+    assert len(card["detail"].splitlines()) <= 25, card["detail"]
 
 
 @pytest.mark.parametrize("name", [n for n, (ids, *_) in EXPECTED.items() if ids])
 def test_every_warning_rating_card_lists_red_flags(name: str) -> None:
     for card in response_of(name)["cards"]:
         if card["indicator"] == "warning" and topic(card) in RATING_RULES:
-            assert TABLE.findings["cauda_equina"].looked_for in red_flag_section(card["detail"])
+            assert TABLE.findings["cauda_equina"].short in not_found_line(card["detail"])
+            assert "looked for and not found" not in card["detail"]
 
 
 @pytest.mark.parametrize("resources", [
@@ -386,26 +416,9 @@ TABLES = [TABLE, dataclasses.replace(TABLE, findings={
     **TABLE.findings, "unknown_flag": FindingLabel(label="Unknown", looked_for="something unknown", red_flag=True)})]
 
 
-def reference_why(facts: Facts, table_: table.RuleTable) -> list[str]:
-    """The why lines as they were written before prepare(): each findings.toml key looked up on the card."""
-    lines = []
-    if facts.age is not None:
-        lines.append(f"- Age {facts.age}" + (f", {facts.sex}" if facts.sex else ""))
-    if facts.has(Finding.BACK_PAIN):
-        if facts.episode_start is not None:
-            lines.append(f"- Current back pain episode since {facts.episode_start.isoformat()} ({facts.episode_days} days)")
-        else:
-            lines.append("- Current back pain episode of unknown duration (no dated diagnosis)")
-    for key, label in table_.findings.items():
-        evidence = facts.findings.get(Finding(key)) if key in MODEL_KEYS else None
-        if evidence:
-            lines.append(f"- {label.label}: {cards._evidence_text(evidence)}")
-    return lines
-
-
 def reference_absent(facts: Facts, table_: table.RuleTable) -> list[str]:
-    """The red flags looked for and not found, as written before prepare()."""
-    return [label.looked_for for key, label in table_.findings.items()
+    """The red flags not found in the coded record, straight from the table."""
+    return [label.short for key, label in table_.findings.items()
             if label.red_flag and not (key in MODEL_KEYS and facts.has(Finding(key)))]
 
 
@@ -413,7 +426,7 @@ def reference_absent(facts: Facts, table_: table.RuleTable) -> list[str]:
 def test_prepared_card_text_is_the_tables(table_: table.RuleTable) -> None:
     prepared = cards.prepare(table_)
     assert list(prepared.findings) == [(Finding(k), v.label) for k, v in table_.findings.items() if k in MODEL_KEYS]
-    assert list(prepared.red_flags) == [(Finding(k) if k in MODEL_KEYS else None, v.looked_for)
+    assert list(prepared.red_flags) == [(Finding(k) if k in MODEL_KEYS else None, v.short)
                                         for k, v in table_.findings.items() if v.red_flag]
     assert dict(prepared.closing) == {
         cid: f"Rule `{cid}` · Sources: " + "; ".join(table_.sources[k].label for k in content.cites)
@@ -431,7 +444,7 @@ PREPARED = [cards.prepare(t) for t in TABLES]
 @given(findings=st.dictionaries(st.sampled_from(list(Finding)), EVIDENCE),
        age=st.none() | st.integers(0, 110), sex=st.sampled_from([None, "female", "male"]),
        start=st.none() | st.dates(max_value=AS_OF), which=st.sampled_from(range(len(TABLES))))
-def test_prepared_why_and_red_flags_agree_with_the_table(
+def test_not_found_never_names_a_present_finding(
     findings: dict[Finding, tuple[Evidence, ...]], age: int | None, sex: str | None, start: Any, which: int,
 ) -> None:
     table_, prepared = TABLES[which], PREPARED[which]
@@ -439,11 +452,13 @@ def test_prepared_why_and_red_flags_agree_with_the_table(
                   contrast=Contrast.WITHOUT, priority=None, has_reason=True)
     facts = Facts(today=AS_OF, age=age, sex=sex, order=order, findings=findings, episode_start=start,
                   episode_days=None if start is None else (AS_OF - start).days)
-    assert cards._why_lines(facts, prepared) == reference_why(facts, table_)
     unrated = engine.Decision(facts=facts, rule=None, modifiers=())  # a rating card not rated "appropriate"
     detail = cards._detail(table_.cards["acute-uncomplicated"], unrated, prepared, rating_card=True, prior="x")
     absent = reference_absent(facts, table_)
     if absent:
-        assert red_flag_section(detail) == "\n\n" + "\n".join(f"- {a}" for a in absent)
+        assert not_found_line(detail) == ", ".join(absent) + "."
     else:
-        assert "**Red flags looked for and not found:**" not in detail
+        assert NOT_FOUND not in detail
+    for finding, label in prepared.findings:
+        if finding in findings and finding in cards.WEAKER:
+            assert label in detail  # shown as found, never as absent

@@ -16,10 +16,10 @@ from service.rules import table
 # decision-rules.md, "The rules", in order.
 RULE_IDS = (
     "cauda-equina", "suspected-cancer-infection", "prior-lumbar-surgery", "fracture-risk", "trauma-ct-first",
-    "persistent-after-conservative-care", "acute-uncomplicated", "no-conservative-trial", "no-indication",
+    "repeat-imaging", "persistent-after-conservative-care", "acute-uncomplicated", "no-conservative-trial", "no-indication",
     "no-criteria-apply",
 )
-MODIFIER_IDS = ("pregnancy-contrast", "contrast-choice", "repeat-imaging")
+MODIFIER_IDS = ("pregnancy-contrast", "contrast-choice")
 
 
 @pytest.fixture
@@ -57,6 +57,18 @@ def missing_card(cards: Path) -> None:
     (cards / "trauma-ct-first.toml").unlink()
 
 
+def unknown_override_reason(cards: Path) -> None:
+    replace(cards / "pregnancy-contrast.toml", '"not-pregnant"', '"already-imaged"')
+
+
+def warning_without_reasons(cards: Path) -> None:
+    replace(cards / "repeat-imaging.toml", 'override_reasons = ["clinical-change", "prior-study-unavailable", "surgical-planning", "patient-specific"]', "override_reasons = []")
+
+
+def unknown_suggestion_predicate(cards: Path) -> None:
+    replace(cards / "fracture-risk.toml", 'omit_when = "vertebral_fracture"', 'omit_when = "vertebral_fractures"')
+
+
 def http_source(cards: Path) -> None:
     replace(cards / "sources.toml", 'url = "https://www.nice.org.uk/guidance/ng59"', 'url = "http://www.nice.org.uk/guidance/ng59"')
 
@@ -67,6 +79,9 @@ BROKEN: list[tuple[Callable[[Path], None], tuple[str, ...]]] = [
     (long_summary, ("acute-uncomplicated.toml", "summary", "140")),
     (unknown_cite, ("no-conservative-trial.toml", "cites", "'ACR-LBX'")),
     (missing_card, ("trauma-ct-first.toml", "missing")),
+    (unknown_override_reason, ("pregnancy-contrast.toml", "override reason", "'already-imaged'")),
+    (warning_without_reasons, ("repeat-imaging.toml", "warning card needs override_reasons")),
+    (unknown_suggestion_predicate, ("fracture-risk.toml", "omit_when", "'vertebral_fractures'")),
     (http_source, ("sources.toml", "[NICE-NG59]", "url", "http://www.nice.org.uk/guidance/ng59")),
 ]
 

@@ -67,7 +67,7 @@ def test_round_trip(client, signer, services):
 
 
 def test_feedback_on_cards_from_a_real_hook_call(client, signer, services):
-    request = fhir.load_request("repeat-imaging", shift_to=date.today())
+    request = fhir.load_request("pregnancy-contrast", shift_to=date.today())  # a rating card and a modifier card
     hook = client.post("/cds-services/order-select", json=request, headers=signer.headers("/cds-services/order-select"))
     assert hook.status_code == 200
     cards = hook.get_json()["cards"]

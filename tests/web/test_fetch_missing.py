@@ -72,6 +72,23 @@ def test_partial_prefetch_is_completed_from_the_server(fetching_client, signer, 
     assert "Not available" not in body["cards"][0]["detail"]
 
 
+@pytest.mark.parametrize(("name", "key"), [
+    pytest.param("steroid-statement", "medicationStatements", id="MedicationStatement"),
+    pytest.param("atc-glucocorticoid-dispense", "medicationDispenses", id="MedicationDispense"),
+])
+def test_medication_use_is_fetched_from_the_server(fetching_client, signer, fhir_base, name, key):
+    # v2: MedicationStatement and MedicationDispense are read in the FHIR fetch path too; without them
+    # the long-term steroid use (fracture risk) is not seen.
+    request = fhir.load_request(name, shift_to=date.today())
+    request["fhirServer"] = fhir_base
+    request["fhirAuthorization"] = {"access_token": TOKEN, "token_type": "Bearer", "scope": "patient/*.read", "subject": "cds"}
+    for other in ("medications", "medicationStatements", "medicationDispenses"):
+        request["prefetch"][other] = fhir.searchset([])
+    del request["prefetch"][key]
+    body = call(fetching_client, signer, request).get_json()
+    assert [c["source"]["topic"]["code"] for c in body["cards"]] == ["fracture-risk"]
+
+
 @pytest.fixture
 def faulty_client(settings, httpserver):
     yield from _client_for(settings, httpserver)

@@ -27,7 +27,9 @@ EXPECTED = [
     ("no-criteria-apply", []),
     ("pregnancy-contrast", ["acute-uncomplicated", "pregnancy-contrast"]),
     ("contrast-choice", ["persistent-after-conservative-care", "contrast-choice"]),
-    ("repeat-imaging", ["acute-uncomplicated", "repeat-imaging"]),
+    ("repeat-imaging", ["repeat-imaging"]),
+    ("steroid-statement", ["fracture-risk"]),
+    ("cauda-equina-contrast", ["cauda-equina"]),
     ("child", []),
 ]
 
@@ -54,6 +56,9 @@ def test_discovery_lists_both_services_with_prefetch(client):
     assert prefetch["patient"] == "Patient/{{context.patientId}}"
     assert all("{{context.patientId}}" in q for q in prefetch.values())
     assert "8310-5" in prefetch["observations"]  # body temperature is read for fever
+    # v2: medication use is read from statements and dispenses too (long-term steroids, conservative care)
+    assert prefetch["medicationStatements"] == "MedicationStatement?patient={{context.patientId}}"
+    assert prefetch["medicationDispenses"] == "MedicationDispense?patient={{context.patientId}}"
 
 
 @pytest.mark.parametrize(("name", "rules"), EXPECTED)
