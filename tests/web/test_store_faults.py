@@ -63,3 +63,25 @@ def test_locked_replay_store_with_memory_window_answers(signer, settings):
         assert again.status_code == 401  # the same token twice, even while the store is down
     finally:
         services_of(app).close()
+
+
+def test_postgresql_refusing_connections_is_a_503_not_a_500(signer, settings):
+    """PostgreSQL stopped under a running service: hook calls and feedback get 503, never 500."""
+    with databases.postgres_schema() as url, databases.forwarded(url) as (via, forwarder):
+        app = create_app(with_settings(settings, database_url=via))
+        client = app.test_client()
+        try:
+            response, _ = call(client, signer)
+            assert response.status_code == 200
+            card = response.get_json()["cards"][0]["uuid"]
+            forwarder.refuse()
+            response, took = call(client, signer)
+            assert response.status_code == 503 and "Retry-After" in response.headers
+            feedback_path = SELECT + "/feedback"
+            body = {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-01-01T10:00:00Z",
+                                  "overrideReason": {"reason": {"code": "patient-preference"}}}]}
+            response = client.post(feedback_path, json=body, headers=signer.headers(feedback_path))
+            assert response.status_code == 503
+            assert response.get_json()["resourceType"] == "OperationOutcome"
+        finally:
+            services_of(app).close()
