@@ -55,7 +55,7 @@ class CorsSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FhirSettings:
-    timeout_seconds: float = 2.0        # connect and read timeout of each FHIR request
+    timeout_seconds: float = 2.0        # total time of each FHIR request (connect, headers, body)
     max_pages: int = 10                 # `next` links followed per search
     max_bytes: int = 20_000_000         # bytes read per FHIR server per hook call
 
