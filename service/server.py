@@ -7,7 +7,8 @@ The serving model (issue 15; figures in benchmarks/README.md, "Serving model"):
 - **Each worker is ``BufferedWorker``**: waitress's HTTP engine in the worker process. One event loop
   thread reads every request whole (headers and body) and writes every answer, so a slow or
   stalled client costs a socket and a buffer, never a thread; only complete requests are handed to a
-  pool of ``threads`` request threads. A slow FHIR server or a slow store then costs a thread for at
+  pool of ``threads`` request threads. A request still arriving after twice the call's deadline (at
+  least 5 s) is closed: it could only be answered 503 anyway. A slow FHIR server or a slow store then costs a thread for at
   most the call's deadline, not a process.
 - The time a request's first byte arrived is put into the WSGI environ (``ARRIVED_KEY``), so the
   call's deadline counts the time spent arriving and waiting for a thread, not only the view's.
@@ -46,16 +47,21 @@ WORKER_CLASS = f"{__name__}.BufferedWorker"
 DEFAULT_THREADS = 16          # request threads per worker: calls waiting on FHIR or the store at once
 DEFAULT_CONNECTIONS = 1000    # open connections per worker (slow clients included) before accept pauses
 IDLE_SECONDS = 30             # a connection that sends nothing for this long is closed
+MIN_ARRIVAL_SECONDS = 5.0     # a request may take this long to arrive, or twice the deadline if longer
+CLEANUP_SECONDS = 2           # how often a worker looks for idle connections and dawdling requests
 BODY_SLACK_BYTES = 1_000_000  # bodies a bit over max_body_bytes still reach Flask, for its 413 OperationOutcome
 
 
 class GunicornApp(BaseApplication):  # type: ignore[misc]
     """A gunicorn application whose workers each build their own app with ``factory``."""
 
-    def __init__(self, factory: Callable[[], Any], options: dict[str, Any], *, max_request_bytes: int = 10_000_000) -> None:
+    def __init__(self, factory: Callable[[], Any], options: dict[str, Any], *, max_request_bytes: int = 10_000_000,
+                 arrival_seconds: float = 30.0) -> None:
         self.factory = factory
         self.options = options
-        self.max_request_bytes = max_request_bytes  # read by BufferedWorker: larger bodies are refused unread
+        # read by BufferedWorker: larger bodies are refused unread; slower requests are closed
+        self.max_request_bytes = max_request_bytes
+        self.arrival_seconds = arrival_seconds
         super().__init__()
 
     def load_config(self) -> None:
@@ -95,7 +101,13 @@ def run(settings: config.Settings, *, host: str, port: int, workers: int, thread
         log.warning(warning)
     metrics.prepare_multiprocess_dir(os.environ)
     options = gunicorn_options(settings, host=host, port=port, workers=workers, threads=threads)
-    GunicornApp(lambda: _service_app(settings), options, max_request_bytes=max_request_bytes(settings)).run()
+    GunicornApp(lambda: _service_app(settings), options, max_request_bytes=max_request_bytes(settings),
+                arrival_seconds=arrival_seconds(settings)).run()
+
+
+def arrival_seconds(settings: config.Settings) -> float:
+    """How long a request may take to arrive (head and body) before its connection is closed."""
+    return max(MIN_ARRIVAL_SECONDS, 2 * settings.limits.deadline_seconds)
 
 
 def max_request_bytes(settings: config.Settings) -> int:
@@ -172,6 +184,16 @@ class _Channel(waitress_channel.HTTPChannel):
 
 class _Server(waitress_server.TcpWSGIServer):
     channel_class = _Channel
+    arrival_seconds = 30.0
+
+    def maintenance(self, now: float) -> None:
+        """Close idle connections (waitress) and those whose request is arriving too slowly."""
+        super().maintenance(now)
+        cutoff = time.monotonic() - self.arrival_seconds
+        for channel in list(self.active_channels.values()):
+            arrived = getattr(channel.request, "arrived", None)
+            if arrived is not None and arrived < cutoff:
+                channel.will_close = True
 
 
 class BufferedWorker(gunicorn_workers.Worker):  # type: ignore[misc]
@@ -183,6 +205,7 @@ class BufferedWorker(gunicorn_workers.Worker):  # type: ignore[misc]
             threads=self.cfg.threads,
             connection_limit=self.cfg.worker_connections,
             channel_timeout=self.cfg.keepalive,
+            cleanup_interval=CLEANUP_SECONDS,
             max_request_body_size=getattr(self.app, "max_request_bytes", 10_000_000),
             max_request_header_size=64 * 1024,
             asyncore_use_poll=True,     # select() fails beyond 1024 descriptors
@@ -195,8 +218,9 @@ class BufferedWorker(gunicorn_workers.Worker):  # type: ignore[misc]
         socket_map: dict[int, Any] = {}
         for listener in self.sockets:
             sock = getattr(listener, "sock", listener)
-            _Server(self.wsgi, socket_map, True, sock, dispatcher=dispatcher, adj=adjustments,
-                    bind_socket=False, sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))
+            server = _Server(self.wsgi, socket_map, True, sock, dispatcher=dispatcher, adj=adjustments,
+                             bind_socket=False, sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))
+            server.arrival_seconds = getattr(self.app, "arrival_seconds", _Server.arrival_seconds)
         try:
             while self.alive and self.ppid == os.getppid():
                 self.notify()

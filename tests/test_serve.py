@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -131,11 +132,12 @@ def test_feedback_round_trip_survives_a_restart(tmp_path, jwks_file, signer):
 
 def test_slow_clients_do_not_stop_the_service(tmp_path, jwks_file, signer):
     """Connections that send a request's start and then dawdle (slowloris) cost a socket each, not a
-    worker or a thread: with 1 worker of 2 threads and 30 of them open, real calls are answered."""
+    worker or a thread: with 1 worker of 2 threads and 30 of them open, real calls are answered; the
+    dawdlers are closed once their request has taken 5 s to arrive."""
     port = free_port()
     config = write_config(tmp_path, port=port, jwks_file=jwks_file, issuer=ISSUER)
     base = f"http://127.0.0.1:{port}"
-    with serving(config, port, workers=1, extra=["--threads", "2"]):
+    with serving(config, port, workers=1, extra=["--threads", "2"], env={"LUMBAR_MRI_CDS_DEADLINE_SECONDS": "2.0"}):
         slow = []
         try:
             for n in range(30):
@@ -151,6 +153,11 @@ def test_slow_clients_do_not_stop_the_service(tmp_path, jwks_file, signer):
                                 fhir.load_request("acute-uncomplicated", shift_to=date.today()))
                 assert response.status_code == 200
                 assert time.monotonic() - started < 2
+            # and a request still arriving after twice the deadline (at least 5 s) is closed
+            for sock in slow:
+                sock.settimeout(10)
+                with contextlib.suppress(ConnectionResetError):
+                    assert sock.recv(100) == b""
         finally:
             for sock in slow:
                 sock.close()
