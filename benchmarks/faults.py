@@ -151,23 +151,35 @@ def closed_loop(caller: Caller, callers: int, duration: float, outcomes: Outcome
 
 # --- fault makers ---------------------------------------------------------------------------------
 
+START = b"POST /cds-services/order-select HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+
+
 @contextlib.contextmanager
 def slow_clients(port: int, count: int, interval: float = 5.0) -> Iterator[list[socket.socket]]:
-    """``count`` connections sending a request's start, then a header line every ``interval`` s."""
+    """``count`` connections sending a request's start, then a header line every ``interval`` s; one
+    the server closes is opened again at once, so ``count`` stay open (a sustained slowloris)."""
     socks: list[socket.socket] = []
     stop = threading.Event()
+    reopened = 0
     for _ in range(count):
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        sock.sendall(b"POST /cds-services/order-select HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        sock.sendall(START)
         socks.append(sock)
 
     def drip() -> None:
+        nonlocal reopened
         n = 0
         while not stop.wait(interval):
             n += 1
-            for sock in socks:
-                with contextlib.suppress(OSError):
+            for i, sock in enumerate(socks):
+                try:
                     sock.sendall(f"X-Slow-{n}: {n}\r\n".encode())
+                except OSError:
+                    sock.close()
+                    with contextlib.suppress(OSError):
+                        socks[i] = socket.create_connection(("127.0.0.1", port), timeout=5)
+                        socks[i].sendall(START)
+                        reopened += 1
 
     thread = threading.Thread(target=drip, daemon=True)
     thread.start()
@@ -176,13 +188,9 @@ def slow_clients(port: int, count: int, interval: float = 5.0) -> Iterator[list[
     finally:
         stop.set()
         thread.join()
-        alive = 0
         for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.sendall(b"X-Check: 1\r\n")
-                alive += 1
             sock.close()
-        print(f"  slow connections still open at the end: {alive}/{count}")
+        print(f"  slow connections: {count} held open; {reopened} reopened after the server closed them")
 
 
 class SlowFhir(BaseHTTPRequestHandler):
