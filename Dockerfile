@@ -11,23 +11,30 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
+# The dependencies at the exact versions of deploy/requirements.txt (deploy/pin_requirements.py), in
+# a layer of their own; then the package alone, and pip check (a pin missing or wrong fails the build).
+COPY deploy/requirements.txt ./requirements.txt
+RUN pip install -r requirements.txt
 # Only what the package needs: the code, the card content (installed as package data) and metadata.
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY cards ./cards
-RUN pip install . \
+RUN pip install --no-deps . \
+ && pip check \
  && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin cds \
+ && install -d -o cds -g cds /var/lib/lumbar-mri-cds \
  && rm -rf /src
 
 WORKDIR /
 USER cds
 
-# The configuration file (mount it here), the directory where gunicorn workers keep their
-# Prometheus counts, so that /metrics adds up all workers (emptied by `serve` at start), and the card
-# outbox (issued cards until they are in the database; it must outlive a worker, not the container).
+# The configuration file (mount it here) and the directory where gunicorn workers keep their
+# Prometheus counts, so that /metrics adds up all workers (emptied by `serve` at start).
+# XDG_DATA_HOME: the data directory (the development profile's SQLite file and local issuer key,
+# and the card outbox with PostgreSQL: /var/lib/lumbar-mri-cds/outbox).
 ENV LUMBAR_MRI_CDS_CONFIG=/etc/lumbar-mri-cds/config.toml \
     PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus \
-    LUMBAR_MRI_CDS_OUTBOX_DIR=/tmp/outbox
+    XDG_DATA_HOME=/var/lib
 
 EXPOSE 8000
 

@@ -27,11 +27,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import jwt
 import psycopg
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from service.security import signer as signing
 from service.store import card_store
 from service.store import schema
 
@@ -104,9 +104,7 @@ def run(url: str, tmp: Path, key: ec.EllipticCurvePrivateKey, args: argparse.Nam
 
 
 def write_config(tmp: Path, key: ec.EllipticCurvePrivateKey, base: str, url: str) -> Path:
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
-    jwk.update({"kid": KID, "alg": "ES384", "use": "sig"})
-    (tmp / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    (tmp / "jwks.json").write_text(json.dumps(signing.public_jwks(key, KID)))
     config = tmp / "bench.toml"
     config.write_text(
         f'profile = "production"\npublic_base_url = "{base}"\ndatabase_url = "{url}"\nlog_level = "WARNING"\n'
@@ -159,9 +157,7 @@ def wait_ready(base: str, server: subprocess.Popen[bytes], timeout: float = 60) 
 
 
 def sign(key: ec.EllipticCurvePrivateKey, aud: str) -> str:
-    now = int(time.time())
-    claims = {"iss": ISSUER, "aud": aud, "iat": now, "exp": now + 600, "jti": str(uuid.uuid4())}
-    return jwt.encode(claims, key, algorithm="ES384", headers={"kid": KID, "typ": "JWT"})
+    return signing.Signer(key=key, iss=ISSUER, kid=KID).token(aud, exp=int(time.time()) + 600)
 
 
 def post_all(url: str, cards: list[card_store.IssuedCard], tokens: list[str], concurrency: int) -> tuple[float, list[float]]:

@@ -43,20 +43,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from service.security import signer as signing  # noqa: E402
 from tests import serving  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -73,13 +72,9 @@ TOKEN_LIFETIME_SECONDS = 1800  # the service refuses more than an hour; a whole 
 
 def _sign_chunk(args: tuple[bytes, str, int]) -> list[str]:
     pem, audience, count = args
-    key = serialization.load_pem_private_key(pem, password=None)
-    now = int(time.time())
-    claims = {"iss": ISSUER, "aud": audience, "iat": now, "exp": now + TOKEN_LIFETIME_SECONDS}
-    return [
-        jwt.encode({**claims, "jti": str(uuid.uuid4())}, key, algorithm="ES384", headers={"kid": KID, "typ": "JWT"})
-        for _ in range(count)
-    ]
+    signer = signing.Signer(key=serialization.load_pem_private_key(pem, password=None), iss=ISSUER, kid=KID)
+    exp = int(time.time()) + TOKEN_LIFETIME_SECONDS
+    return [signer.token(audience, exp=exp) for _ in range(count)]
 
 
 class Tokens:
@@ -94,9 +89,7 @@ class Tokens:
         self._directory = directory
         self._files = 0
         self.jwks_file = directory / "jwks.json"
-        jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self._key.public_key()))
-        jwk.update({"kid": KID, "alg": "ES384", "use": "sig"})
-        self.jwks_file.write_text(json.dumps({"keys": [jwk]}))
+        self.jwks_file.write_text(json.dumps(signing.public_jwks(self._key, KID)))
 
     def file(self, count: int) -> Path:
         """A file of `count` new tokens (and a few spare: wrk builds one request to check the script)."""

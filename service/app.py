@@ -35,8 +35,9 @@ BLUEPRINTS = (
 )
 
 
-def create_app(settings: config.Settings | None = None) -> Flask:
-    """Create and configure an instance of the service."""
+def create_app(settings: config.Settings | None = None, *, announce: bool = True) -> Flask:
+    """Create and configure an instance of the service (``announce=False``: `serve` has already
+    printed the development warning once, in the master, rather than once per worker)."""
     if settings is None:
         settings = config.load_settings(config.config_path(os.environ), os.environ)
     app = Flask(__name__)
@@ -49,9 +50,16 @@ def create_app(settings: config.Settings | None = None) -> Flask:
     cors.register(app)          # preflights, and CORS headers on the CDS answers
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
+    if announce:
+        warn_development(settings)
+    return app
+
+
+def warn_development(settings: config.Settings) -> None:
+    """Say, in the development profile, that real patient data must not come here."""
     if settings.profile is config.Profile.DEVELOPMENT:
         log.warning(
             "DEVELOPMENT PROFILE: trusting the public CDS Hooks sandbox issuer, whose signing key is "
-            "public. Do not send real patient data to this service."
+            "public, and the local issuer of `lumbar-mri-cds call`. Do not send real patient data to "
+            "this service."
         )
-    return app

@@ -1,4 +1,4 @@
-"""The `lumbar-mri-cds` command: serve, evaluate, rules, report, check-config.
+"""The `lumbar-mri-cds` command: serve, evaluate, call, rules, report, check-config.
 
 Errors become exit codes in one place (``main``), as click's ``Command.main`` does; the codes are
 fixed and tested: 0 ok, 1 unexpected, 2 configuration, 3 invalid request, 4 data unobtainable,
@@ -7,10 +7,17 @@ fixed and tested: 0 ok, 1 unexpected, 2 configuration, 3 invalid request, 4 data
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import MutableMapping
 from datetime import date
+from datetime import datetime
+from datetime import timedelta
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +86,34 @@ def check_config(ctx: click.Context, config_file: Path | None, fetch: bool) -> N
 @config_option
 def serve(host: str, port: int, workers: int, threads: int, behind_proxy: bool, config_file: Path | None) -> None:
     """Serve in the foreground: gunicorn's master over buffering workers (stops cleanly on SIGTERM/SIGINT)."""
-    from service import server  # gunicorn and waitress are imported only to serve
-
     settings = load(config_file)
+    metrics_dir_for_workers(os.environ)
+    from service import server  # gunicorn, waitress (and prometheus-client, see below) imported only now
+
     server.run(settings, host=host, port=port, workers=workers, threads=threads, behind_proxy=behind_proxy)
+
+
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def metrics_dir_for_workers(environ: MutableMapping[str, str]) -> None:
+    """Give the workers a shared Prometheus directory, so /metrics adds up all of them.
+
+    Without ${METRICS_ENV} set, a fresh private directory is made and removed when `serve` ends.
+    prometheus-client decides between per-process and file-backed counters when it is imported,
+    which is why this runs before anything imports it.
+    """
+    if environ.get(METRICS_ENV):
+        return
+    directory = tempfile.mkdtemp(prefix="lumbar-mri-cds-metrics-")
+    environ[METRICS_ENV] = directory
+    master = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == master:  # forked workers inherit this handler: only the master cleans up
+            shutil.rmtree(directory, ignore_errors=True)
+
+    atexit.register(remove)
 
 
 @cli.command()
@@ -109,6 +140,38 @@ def evaluate(request_file: Path, as_json: bool, today: Any) -> None:
         click.echo(text.render_text(evaluation.response, orders_reviewed=evaluation.orders_reviewed))
 
 
+@cli.command("call")
+@click.argument("request_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="base URL of the running service")
+@click.option("--json", "as_json", is_flag=True, help="print the raw CDS Hooks response")
+@click.option("--as-of", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="the day the request's story is written for: its dates are moved so that this day is today "
+                   "(the fixtures: 2026-11-26)")
+@click.option("--curl", "as_curl", is_flag=True,
+              help="print the equivalent curl command (a token valid 5 minutes, the file as it is) instead of calling")
+@config_option
+def call_command(request_file: Path, url: str, as_json: bool, as_of: Any, as_curl: bool, config_file: Path | None) -> None:
+    """Send one request file to a running service, signed as the development profile's local issuer,
+    with a fresh hookInstance; print the answer as `evaluate` does."""
+    from service import client
+    from service.intake import envelope
+    from service.render import text
+
+    data = envelope.parse_json(request_file.read_bytes())
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"{request_file}: not a CDS Hooks request (a JSON object)")
+    if as_curl:
+        if as_of:
+            raise click.UsageError("--curl sends the file as it is: it cannot be combined with --as-of")
+        click.echo(client.curl_command(data, request_file, base_url=url, settings=load(config_file)))
+        return
+    result = client.call(data, base_url=url, settings=load(config_file), as_of=as_of.date() if as_of else None)
+    if as_json:
+        click.echo(orjson.dumps(result.response, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(text.render_text(result.response, orders_reviewed=None))
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="print the model as JSON")
 def rules(as_json: bool) -> None:
@@ -132,28 +195,40 @@ def rules(as_json: bool) -> None:
 @click.option("--until", type=click.DateTime(formats=["%Y-%m-%d"]), help="cards issued on or before this date (UTC)")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True, path_type=Path),
               help="also write an HTML report with weekly charts to this file")
-def report(config_file: Path | None, as_json: bool, since: Any, until: Any, html_file: Path | None) -> None:
+@click.option("--dedup-minutes", type=click.FloatRange(min=0), default=10, show_default=True,
+              help="a card re-fired for the same patient, rule and service within this many minutes counts once "
+                   "(0: every card counts)")
+def report(config_file: Path | None, as_json: bool, since: Any, until: Any, html_file: Path | None,
+           dedup_minutes: float) -> None:
     """Card and feedback analytics per rule: cards issued, accepted, overridden, override reasons."""
     import sqlalchemy as sa
 
+    from service.rules import table as rule_table
     from service.store import report as store_report
     from service.store import schema
 
     since_day, until_day = (since.date() if since else None), (until.date() if until else None)
-    engine = schema.create_engine(load(config_file).database_url, interactive=False)
+    if since_day and until_day and since_day > until_day:
+        raise click.UsageError(f"--since {since_day} is after --until {until_day}: the period would be empty")
+    database_url = load(config_file).database_url
+    scope = store_report.Scope(
+        database=schema.masked_url(database_url), since=since_day, until=until_day,
+        generated_at=datetime.now(timezone.utc), dedup=timedelta(minutes=dedup_minutes),
+        labels={r.code: r.display for r in rule_table.load_table().override_reasons},
+    )
+    engine = schema.open_existing(database_url)  # never creates an empty store to report on
     try:
-        schema.create_schema(engine)  # a fresh database reports zeros rather than failing
-        result = store_report.build_report(engine, since=since_day, until=until_day)
+        result = store_report.build_report(engine, since=since_day, until=until_day, dedup=scope.dedup)
         if html_file is not None:
-            html_file.write_text(store_report.render_html(engine, result, since=since_day, until=until_day), "utf-8")
+            html_file.write_text(store_report.render_html(engine, result, scope), "utf-8")
     except sa.exc.SQLAlchemyError as exc:
-        raise StoreUnavailable(f"the store is not reachable ({type(exc).__name__})") from None
+        raise schema.unreachable(database_url, exc) from None
     finally:
         engine.dispose()
     if as_json:
-        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        click.echo(orjson.dumps({**scope.as_json(), **result}, option=orjson.OPT_INDENT_2).decode())
     else:
-        click.echo(store_report.render_text(result, since=since_day, until=until_day), nl=False)
+        click.echo(store_report.render_text(result, scope), nl=False)
 
 
 def main(argv: list[str] | None = None) -> None:

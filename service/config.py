@@ -8,6 +8,7 @@ are resolved against the file's own directory, never against the working directo
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 from urllib.parse import urlsplit
 
 from service.errors import ConfigError
@@ -27,6 +29,16 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 # (cds-hooks-notes.md, "The CDS Hooks sandbox as a client"): trusted in development only.
 SANDBOX_ISSUER = "https://sandbox.cds-hooks.org"
 SANDBOX_JWKS_URL = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
+# Its public key, shipped with the package (public members only, from keys/jwk-keypair.json of
+# github.com/cds-hooks/sandbox): the development profile verifies sandbox tokens whose `jku` is
+# SANDBOX_JWKS_URL with it, offline and behind proxies; the URL is fetched only for another `kid`.
+SANDBOX_JWKS_FILE = Path(__file__).resolve().parent / "security" / "sandbox-jwks.json"
+
+# The development profile's own issuer: `lumbar-mri-cds call` signs with a key created on first use
+# in the data directory (security/signer.py); its public half there is this issuer's jwks_file.
+# Never trusted in production.
+LOCAL_ISSUER = "urn:lumbar-mri-cds:local-cli"
+LOCAL_JWKS_FILE = "local-issuer.jwks.json"
 
 
 class Profile(StrEnum):
@@ -37,8 +49,9 @@ class Profile(StrEnum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IssuerSettings:
     iss: str                            # the exact `iss` claim of the EHR's tokens
-    jwks_file: Path | None = None       # a JWKS on disk
+    jwks_file: Path | None = None       # a JWKS on disk; a token's `jku` is then ignored
     jwks_url: str | None = None         # a JWKS over HTTP(S); a token's `jku` is honoured only if equal
+                                        # (both: built-in sandbox issuer only, the file's keys first)
     fhir_servers: tuple[str, ...] = ()  # FHIR bases this issuer's access tokens may be sent to
     any_fhir_server: bool = False       # development only: accept any fhirServer from this issuer
     tenants: tuple[str, ...] = ()       # when set, the token's `tenant` must be one of these
@@ -114,6 +127,9 @@ class Settings:
         for url in _plain_http_urls(self):
             notes.append(f"plain http:// URL configured: {url}")
         for issuer in self.issuers:
+            if _placeholder(issuer.iss):
+                notes.append(f"issuer {issuer.iss} is a placeholder (a reserved example domain): replace it with "
+                             "your EHR's issuer and keys, or no real call will be accepted")
             if issuer.any_fhir_server:
                 notes.append(f"issuer {issuer.iss}: its access tokens may be sent to any fhirServer it names")
             elif not issuer.fhir_servers:
@@ -124,6 +140,15 @@ class Settings:
             notes.append("replay.when_down = memory: while the replay store is down, a token id is "
                          "remembered by one worker only, so a captured token could be replayed once on another")
         return notes
+
+
+# Domains reserved for examples and tests (RFC 2606, RFC 6761): an issuer there is a placeholder.
+_RESERVED_SUFFIXES = (".example", ".test", ".invalid", ".localhost", "example.com", "example.org", "example.net")
+
+
+def _placeholder(iss: str) -> bool:
+    host = (urlsplit(iss).hostname or "").rstrip(".")
+    return any(host == s.lstrip(".") or host.endswith("." + s.lstrip(".")) for s in _RESERVED_SUFFIXES)
 
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -156,7 +181,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
         profile=profile,
         public_base_url=_optional_url(raw, "public_base_url", where),
         database_url=_database_url(raw, base_dir, environ, where),
-        issuers=_issuers(raw, base_dir, profile, where),
+        issuers=_issuers(raw, base_dir, profile, where, default_data_dir(environ)),
         cors=_cors(raw, profile, where),
         fhir=_section(FhirSettings, raw, "fhir", where),
         limits=_section(LimitsSettings, raw, "limits", where),
@@ -187,6 +212,7 @@ _ENV_OVERRIDES: dict[str, tuple[str | None, str, type]] = {
     "PROFILE": (None, "profile", str),
     "PUBLIC_BASE_URL": (None, "public_base_url", str),
     "DATABASE_URL": (None, "database_url", str),
+    "DATABASE_PASSWORD": (None, "database_password", str),
     "LOG_LEVEL": (None, "log_level", str),
     "PATIENT_HASH_SALT": (None, "patient_hash_salt", str),
     "OUTBOX_DIR": (None, "outbox_dir", str),
@@ -231,6 +257,9 @@ def _database_url(raw: Mapping[str, Any], base_dir: Path, environ: Mapping[str, 
         return f"sqlite:///{default_data_dir(environ) / 'lumbar-mri-cds.db'}"
     if not isinstance(value, str) or "://" not in value:
         raise ConfigError(f"{where}: database_url must be a URL such as sqlite:///path or postgresql://…")
+    if raw.get("database_password") is not None:
+        value = _with_password(value, str(raw["database_password"]), where)
+    _check_userinfo(value, where)
     if value in ("sqlite://", "sqlite:///:memory:"):
         # Each SQLite connection would get a database of its own: the card writer thread, the replay
         # cache and every worker would see empty databases without tables.
@@ -256,7 +285,33 @@ def _outbox_dir(raw: Mapping[str, Any], base_dir: Path, environ: Mapping[str, st
     return default_data_dir(environ) / "outbox"
 
 
-def _issuers(raw: Mapping[str, Any], base_dir: Path, profile: Profile, where: str) -> tuple[IssuerSettings, ...]:
+def _with_password(url: str, password: str, where: str) -> str:
+    """The URL with this password, percent-encoded (any character may appear in a password)."""
+    scheme, rest = url.split("://", 1)
+    authority, slash, path = rest.partition("/")
+    user = authority.rpartition("@")[0].partition(":")[0]
+    host = authority.rpartition("@")[2]
+    if not user or scheme.startswith("sqlite"):
+        raise ConfigError(f"{where}: database_password needs a database_url with a user name, e.g. postgresql://cds@host/db")
+    return f"{scheme}://{user}:{quote(password, safe='')}@{host}{slash}{path}"
+
+
+def _check_userinfo(url: str, where: str) -> None:
+    """ConfigError for a user or password pasted into the URL unescaped: '@', '/', '?', '#' or a bare
+    '%' would make it name another host or database, or another password."""
+    rest = url.split("://", 1)[1]
+    if url.startswith("sqlite") or "@" not in rest:
+        return
+    userinfo = rest.rpartition("@")[0]  # up to the last '@': the host part never holds one
+    if re.search(r"[@/?#]|%(?![0-9A-Fa-f]{2})", userinfo):
+        raise ConfigError(
+            f"{where}: database_url: the user or password holds a character that must be percent-encoded "
+            "('@' '/' '?' '#' '%'); encode it (urllib.parse.quote(password, safe='')) or give the password "
+            f"alone as {ENV_PREFIX}DATABASE_PASSWORD"
+        )
+
+
+def _issuers(raw: Mapping[str, Any], base_dir: Path, profile: Profile, where: str, data_dir: Path) -> tuple[IssuerSettings, ...]:
     entries = raw.get("issuers", [])
     if not isinstance(entries, list):
         raise ConfigError(f"{where}: [[issuers]] must be an array of tables")
@@ -266,8 +321,16 @@ def _issuers(raw: Mapping[str, Any], base_dir: Path, profile: Profile, where: st
     if repeated:
         raise ConfigError(f"{where}: issuer(s) configured more than once: {', '.join(repeated)}")
     if profile is Profile.DEVELOPMENT and not any(i.iss == SANDBOX_ISSUER for i in issuers):
-        issuers.append(IssuerSettings(iss=SANDBOX_ISSUER, jwks_url=SANDBOX_JWKS_URL, any_fhir_server=True))
+        issuers.append(IssuerSettings(iss=SANDBOX_ISSUER, jwks_url=SANDBOX_JWKS_URL, jwks_file=SANDBOX_JWKS_FILE,
+                                      any_fhir_server=True))
+    if profile is Profile.DEVELOPMENT and not any(i.iss == LOCAL_ISSUER for i in issuers):
+        issuers.append(local_issuer(data_dir))
     return tuple(issuers)
+
+
+def local_issuer(data_dir: Path) -> IssuerSettings:
+    """The development profile's local issuer (`lumbar-mri-cds call`), keys in `data_dir`."""
+    return IssuerSettings(iss=LOCAL_ISSUER, jwks_file=data_dir / LOCAL_JWKS_FILE, any_fhir_server=True)
 
 
 def _issuer(entry: Any, n: int, base_dir: Path, where: str) -> IssuerSettings:
@@ -366,6 +429,11 @@ def _validate(settings: Settings, where: str) -> None:
     if settings.profile is Profile.PRODUCTION:
         if not settings.issuers:
             raise ConfigError(f"{where}: the production profile needs at least one [[issuers]] entry")
+        if settings.issuer(LOCAL_ISSUER):
+            raise ConfigError(
+                f"{where}: the production profile refuses the local issuer {LOCAL_ISSUER} "
+                "(lumbar-mri-cds call; development only)"
+            )
         if settings.issuer(SANDBOX_ISSUER):
             raise ConfigError(
                 f"{where}: the production profile refuses the CDS Hooks sandbox issuer "

@@ -11,24 +11,25 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-import sqlalchemy as sa
-
 from service import errors
 from service.config import IssuerSettings
 from service.config import Profile
 from service.config import Settings
 from service.security import keys
+from service.security import signer
+from service.store import schema
 
 
 def describe(settings: Settings, *, fetch: bool = False) -> tuple[list[str], list[str]]:
     """The report's lines and the problems found; raises ConfigError when a jwks_file is unusable."""
+    signer.local_signer(settings)  # development: `call`'s key, created as `serve` would
     store = keys.KeyStore(settings.issuers, refuse_published_keys=settings.profile is Profile.PRODUCTION)
     try:
         lines = [
             f"configuration: {settings.source or '(none: built-in defaults and environment)'}",
             f"profile: {settings.profile}",
             f"public_base_url: {_audience(settings)}",
-            f"database: {mask_database_url(settings.database_url)}",
+            f"database: {schema.masked_url(settings.database_url)}",
             f"replay store: {_replay_store(settings)}",
             f"CORS origins: {_origins(settings)}",
             f"issuers ({len(settings.issuers)}):",
@@ -41,14 +42,6 @@ def describe(settings: Settings, *, fetch: bool = False) -> tuple[list[str], lis
     lines.append("warnings:" if settings.warnings() else "warnings: none")
     lines += [f"  - {note}" for note in settings.warnings()]
     return lines, problems
-
-
-def mask_database_url(url: str) -> str:
-    """The database URL with its password replaced by ***."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "(not a valid database URL)"
 
 
 def _replay_store(settings: Settings) -> str:
@@ -77,11 +70,15 @@ def _origins(settings: Settings) -> str:
 
 def _issuer_lines(issuer: IssuerSettings, store: keys.KeyStore, fetch: bool, problems: list[str]) -> list[str]:
     lines = [f"  - iss: {issuer.iss}"]
-    if issuer.jwks_file is not None:
+    shipped = store.shipped_set(issuer)
+    if shipped is not None:
+        lines.append(f"    keys: shipped {issuer.jwks_file}: loaded, kid {', '.join(shipped.kids)} (verified offline)")
+        lines.append(f"    jwks_url {issuer.jwks_url}: fetched only for another kid; a token's jku must be exactly it")
+    elif issuer.jwks_file is not None:
         key_set = store.key_set(issuer)
         kids = ", ".join(key_set.kids) if key_set else "?"
         lines.append(f"    keys: jwks_file {issuer.jwks_file}: loaded, kid {kids}")
-        lines.append("    a token carrying a jku is refused (set jwks_url instead to accept that jku)")
+        lines.append("    a token's jku is ignored (the keys are pinned in the file; nothing is fetched)")
     elif fetch:
         try:
             key_set = store.key_set(issuer, fetch=True)

@@ -10,7 +10,8 @@ click's exceptions carry ``exit_code``. ``web/errors.py`` is the one place they 
     ├── UnknownService        404  no such CDS service
     ├── DataUnobtainable      412  neither prefetch nor the FHIR server gave what the rules need
     ├── StoreUnavailable      503  the database cannot be reached
-    └── DeadlineExceeded      503  the call can no longer be answered within its deadline
+    ├── DeadlineExceeded      503  the call can no longer be answered within its deadline
+    └── AddressInUse               `serve`: the host and port are taken
     ConfigError                    the configuration is unusable (start-up, check-config)
 """
 
@@ -70,6 +71,10 @@ class StoreUnavailable(ServiceError):
     issue_code = "transient"
     exit_code = 5
     retry_after = 2
+
+
+class AddressInUse(ServiceError):
+    """`serve` cannot listen: another process holds the host and port."""
 
 
 class ConfigError(Exception):

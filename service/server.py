@@ -20,12 +20,17 @@ so at start-up when it listens on a non-loopback address (``--behind-proxy`` sil
 
 from __future__ import annotations
 
+import errno
 import gc
 import ipaddress
 import logging
 import os
+import socket
+import tempfile
 import time
 from collections.abc import Callable
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -37,9 +42,10 @@ from waitress import task as waitress_task
 from waitress.adjustments import Adjustments
 
 from service import config
+from service import errors
 from service.web import metrics
-from service.web.deadline import ARRIVED_KEY
 from service.web import observability
+from service.web.deadline import ARRIVED_KEY
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,8 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
 
     def load_config(self) -> None:
         for key, value in self.options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # control_socket: gunicorn >= 25.1 only
+                self.cfg.set(key, value)
 
     def load(self) -> Any:
         return worker_app(self.factory)
@@ -85,17 +92,21 @@ def worker_app(factory: Callable[[], Any]) -> Any:
 def _service_app(settings: config.Settings) -> Any:
     from service.app import create_app
 
-    return create_app(settings)
+    return create_app(settings, announce=False)  # the master has said it once
 
 
 def run(settings: config.Settings, *, host: str, port: int, workers: int, threads: int = DEFAULT_THREADS,
         behind_proxy: bool = False) -> None:
     """Serve until SIGTERM or SIGINT (gunicorn's graceful shutdown)."""
-    # Check everything that can fail (card content, value sets, database, keys) in the master, so a
-    # bad configuration stops the command with a clear message instead of a crash loop of workers.
+    # Check everything that can fail (card content, value sets, database, keys, the port) in the
+    # master, so a bad configuration stops the command with a short message instead of a traceback
+    # or a crash loop of workers.
+    from service.app import warn_development
     from service.services import build_services
 
+    check_address(host, port)
     build_services(settings).close()
+    warn_development(settings)
     warning = proxy_warning(host, behind_proxy=behind_proxy)
     if warning:
         log.warning(warning)
@@ -103,6 +114,31 @@ def run(settings: config.Settings, *, host: str, port: int, workers: int, thread
     options = gunicorn_options(settings, host=host, port=port, workers=workers, threads=threads)
     GunicornApp(lambda: _service_app(settings), options, max_request_bytes=max_request_bytes(settings),
                 arrival_seconds=arrival_seconds(settings)).run()
+
+
+def check_address(host: str, port: int) -> None:
+    """AddressInUse, with a hint, when another process already listens on host:port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise errors.AddressInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise errors.AddressInUse(
+                f"port {port} on {host} is already in use (another `lumbar-mri-cds serve`?); "
+                f"choose another with --port, e.g. --port {port + 1}"
+            ) from None
+
+
+def control_socket_path(host: str, port: int, environ: Mapping[str, str]) -> str:
+    """A gunicorn control socket (``gunicornc -s PATH``) of this instance's own: gunicorn's default
+    is one path per user, which a second instance would take over from the first."""
+    runtime = environ.get("XDG_RUNTIME_DIR")
+    directory = Path(runtime) if runtime and Path(runtime).is_dir() else Path(tempfile.gettempdir()) / f"lumbar-mri-cds-{os.getuid()}"
+    name = f"{host}-{port}" if port else f"pid{os.getpid()}"
+    return str(directory / f"lumbar-mri-cds-{name.replace(':', '_').replace('/', '_')}.ctl")
 
 
 def arrival_seconds(settings: config.Settings) -> float:
@@ -154,6 +190,7 @@ def gunicorn_options(settings: config.Settings, *, host: str, port: int, workers
         # JSON lines on stderr, for gunicorn's own messages and the app's (web/observability.py)
         "logconfig_dict": observability.logging_config(settings.log_level),
         "proc_name": "lumbar-mri-cds",
+        "control_socket": control_socket_path(host, port, os.environ),
     }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import sqlalchemy as sa
 from flask import Flask
 
 from service import config
@@ -15,6 +16,7 @@ from service import pipeline
 from service.intake import fhir_client
 from service.security import jwt as jwt_check
 from service.security import replay
+from service.security import signer
 from service.store import card_store
 from service.store import outbox
 from service.store import schema
@@ -45,9 +47,15 @@ class Services:
 
 
 def build_services(settings: config.Settings) -> Services:
-    """Load and check everything once, at start-up; raises ConfigError with a clear message."""
+    """Load and check everything once, at start-up; raises ConfigError (or StoreUnavailable, for a
+    database that cannot be reached) with a clear message."""
     engine = schema.create_engine(settings.database_url)
-    schema.create_schema(engine)
+    try:
+        schema.create_schema(engine)
+    except sa.exc.SQLAlchemyError as exc:
+        engine.dispose()
+        raise schema.unreachable(settings.database_url, exc) from None
+    signer.local_signer(settings)  # development: the local issuer's key exists before it is read
     return Services(
         settings=settings,
         engine=engine,

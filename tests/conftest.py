@@ -1,18 +1,15 @@
 """Shared fixtures: settings, app, client (a temporary SQLite file per test), runner, and a signer
-that makes real ES384 tokens for a test EHR issuer whose JWKS is a file."""
+that makes real ES384 tokens (service/security/signer.py) for a test EHR issuer whose JWKS is a file."""
 
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -22,26 +19,22 @@ from flask.testing import FlaskClient
 from service import config
 from service.app import create_app
 from service.app import services_of
+from service.security import signer as signing
 
 ISSUER = "https://ehr.example.test"
 BASE_URL = "http://localhost"  # Flask's test client calls http://localhost/...
 KID = "test-key-1"
 
 
-@dataclass
-class Signer:
-    """Signs tokens as the test EHR would."""
+@dataclass(frozen=True)
+class Signer(signing.Signer):
+    """Signs tokens as the test EHR would, for paths under BASE_URL (the package's signer)."""
 
-    key: ec.EllipticCurvePrivateKey
     iss: str = ISSUER
     kid: str = KID
 
     def token(self, path: str, **overrides: Any) -> str:
-        now = int(time.time())
-        claims = {"iss": self.iss, "aud": BASE_URL + path, "exp": now + 300, "iat": now, "jti": str(uuid.uuid4())}
-        claims.update(overrides)
-        claims = {k: v for k, v in claims.items() if v is not None}
-        return jwt.encode(claims, self.key, algorithm="ES384", headers={"kid": self.kid, "typ": "JWT"})
+        return super().token(BASE_URL + path, **overrides)
 
     def headers(self, path: str, **overrides: Any) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(path, **overrides)}"}
@@ -54,10 +47,8 @@ def ec_key() -> ec.EllipticCurvePrivateKey:
 
 @pytest.fixture(scope="session")
 def jwks_file(tmp_path_factory: pytest.TempPathFactory, ec_key: ec.EllipticCurvePrivateKey) -> Path:
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_key.public_key()))
-    jwk.update({"kid": KID, "alg": "ES384", "use": "sig"})
     path = tmp_path_factory.mktemp("keys") / "jwks.json"
-    path.write_text(json.dumps({"keys": [jwk]}))
+    path.write_text(json.dumps(signing.public_jwks(ec_key, KID)))
     return path
 
 

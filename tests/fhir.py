@@ -6,14 +6,14 @@ from these instead of hand-editing fixture files.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import re
 from datetime import date
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+from service.facts.dates import shift_dates
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -179,25 +179,3 @@ def load_request(name: str, *, shift_to: date | None = None) -> dict[str, Any]:
     """A fixture request; with shift_to, every date moved so that AS_OF becomes that day."""
     data = json.loads((FIXTURES / "requests" / f"{name}.json").read_text())
     return shift_dates(data, (shift_to - AS_OF).days) if shift_to else data
-
-
-_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
-
-
-def shift_dates(value: Any, days: int) -> Any:
-    """Move every YYYY-MM-DD date at the start of a string by `days` (keeps the fixtures' story true)."""
-    if days == 0:
-        return copy.deepcopy(value)
-    if isinstance(value, dict):
-        return {k: shift_dates(v, days) for k, v in value.items()}
-    if isinstance(value, list):
-        return [shift_dates(v, days) for v in value]
-    if isinstance(value, str):
-        match = _DATE.match(value)
-        if match:
-            try:
-                moved = date(int(match[1]), int(match[2]), int(match[3])) + timedelta(days=days)
-            except ValueError:
-                return value
-            return moved.isoformat() + value[10:]
-    return value

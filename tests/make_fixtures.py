@@ -26,8 +26,11 @@ def story(name: str, pid: str, *, birth: str, gender: str, resources: list[dict[
             r["subject"] = {"reference": f"Patient/{pid}"}
     request = f.hook_request(orders, pat=pat, resources=resources, hook=hook, selections=selections)
     request["context"]["patientId"] = pid
-    bundle = {"resourceType": "Bundle", "type": "collection",
-              "entry": [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r} for r in [pat, *resources]]}
+    # A transaction of PUTs (ids kept): loadable into any FHIR server, e.g. the demo's HAPI FHIR
+    # (deploy/seed.py posts them).
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [{"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+                        for r in [pat, *resources]]}
     return name, request, bundle
 
 

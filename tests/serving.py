@@ -24,6 +24,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def write_development_config(directory: Path) -> Path:
+    """A development-profile configuration with its SQLite file in `directory` (the local issuer's
+    key lives in the data directory: set XDG_DATA_HOME for the server and for `call` alike)."""
+    path = directory / "development.toml"
+    path.write_text('profile = "development"\ndatabase_url = "sqlite:///dev.db"\n')
+    return path
+
+
 def write_config(directory: Path, *, port: int, jwks_file: Path, issuer: str, database_url: str | None = None,
                  fhir_servers: tuple[str, ...] = ()) -> Path:
     """A production configuration for a local test EHR."""
@@ -86,7 +94,7 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def serving(config: Path, port: int, *, workers: int = 2, env: dict[str, str] | None = None,
+def serving(config: Path, port: int, *, workers: int = 2, env: dict[str, str | None] | None = None,
             extra: list[str] | None = None) -> Iterator[subprocess.Popen]:
     """Start the service, wait until /healthz answers, stop it with SIGTERM afterwards.
 
@@ -99,8 +107,10 @@ def serving(config: Path, port: int, *, workers: int = 2, env: dict[str, str] | 
         output.seek(0)
         return output.read().decode(errors="replace")
 
+    environment = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}  # None: unset
     process = subprocess.Popen(serve_command(config, port, workers, extra), stdout=output, stderr=subprocess.STDOUT,
-                               env={**os.environ, **(env or {})})
+                               env=environment)
+    process.output = written  # what the server has written so far
     try:
         wait_healthy(process, port, written)
         yield process

@@ -65,6 +65,14 @@ def test_evaluate_a_malformed_request_exits_3(capsys, tmp_path):
     assert "hookInstance" in err
 
 
+def test_evaluate_the_sandboxs_call_without_selections_exits_3(capsys):
+    """Offline there is no caller to make an exception for: the spec's rule holds (test_hooks.py has
+    the sandbox's own tokens get {"cards": []})."""
+    code, _, err = run(capsys, "evaluate", str(fhir.FIXTURES / "requests" / "sandbox-no-draft-orders.json"))
+    assert code == 3
+    assert "context.selections is required for the order-select hook" in err
+
+
 def test_evaluate_without_required_prefetch_exits_4(capsys, tmp_path):
     request = fhir.load_request("acute-uncomplicated")
     del request["prefetch"]["conditions"]
@@ -86,7 +94,7 @@ def test_a_bad_configuration_exits_2(capsys, tmp_path):
 def test_help_exits_0(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    assert "evaluate" in out and "serve" in out
+    assert "evaluate" in out and "serve" in out and "call" in out
 
 
 def test_rules_prints_each_fact_and_the_rule_table_in_order(capsys):

@@ -55,9 +55,12 @@ def write(tmp_path, text: str, name: str = "config.toml"):
 def test_no_configuration_is_the_development_profile(tmp_path):
     settings = config.load_settings(None, {"XDG_DATA_HOME": str(tmp_path)})
     assert settings.profile is config.Profile.DEVELOPMENT
-    assert [i.iss for i in settings.issuers] == [SANDBOX]
+    assert [i.iss for i in settings.issuers] == [SANDBOX, config.LOCAL_ISSUER]
     assert settings.issuers[0].jwks_url == config.SANDBOX_JWKS_URL
+    assert settings.issuers[0].jwks_file == config.SANDBOX_JWKS_FILE  # verified offline (shipped key)
     assert settings.issuers[0].any_fhir_server
+    # `lumbar-mri-cds call`'s issuer: its public key in the data directory
+    assert settings.issuers[1].jwks_file == tmp_path / "lumbar-mri-cds" / config.LOCAL_JWKS_FILE
     assert settings.cors.any_origin
     assert settings.public_base_url is None
     assert settings.database_url == f"sqlite:///{tmp_path / 'lumbar-mri-cds' / 'lumbar-mri-cds.db'}"
@@ -71,7 +74,13 @@ def test_production_example_loads(tmp_path, ehr_jwks):
     assert issuer.jwks_file == ehr_jwks  # relative to the configuration file, not the cwd
     assert issuer.tenants == ("hospital-a",)
     assert settings.cors.allow_origins == ("https://sandbox.cds-hooks.org",)
-    assert settings.warnings() == []
+    # ehr.example.org is a reserved example domain: the only thing check-config would point out
+    assert settings.warnings() == [
+        "issuer https://ehr.example.org is a placeholder (a reserved example domain): replace it with your "
+        "EHR's issuer and keys, or no real call will be accepted"
+    ]
+    real = config.load_settings(write(tmp_path, PRODUCTION.replace("ehr.example.org", "ehr.hospital-a.org")), {})
+    assert real.warnings() == []
 
 
 def test_production_without_a_salt_is_pointed_out(tmp_path, ehr_jwks):
@@ -82,7 +91,7 @@ def test_production_without_a_salt_is_pointed_out(tmp_path, ehr_jwks):
 def test_development_profile_with_issuers_still_trusts_the_sandbox(tmp_path, ehr_jwks):
     path = write(tmp_path, PRODUCTION.replace('profile = "production"', 'profile = "development"'))
     settings = config.load_settings(path, {})
-    assert [i.iss for i in settings.issuers] == ["https://ehr.example.org", SANDBOX]
+    assert [i.iss for i in settings.issuers] == ["https://ehr.example.org", SANDBOX, config.LOCAL_ISSUER]
 
 
 REFUSED = {
@@ -93,6 +102,8 @@ REFUSED = {
         PRODUCTION + f'\n[[issuers]]\niss = "https://my-ehr.example"\njwks_url = "{config.SANDBOX_JWKS_URL}"',
         "refuses the CDS Hooks sandbox's keys",
     ),
+    "local-issuer": (PRODUCTION + f'\n[[issuers]]\niss = "{config.LOCAL_ISSUER}"\njwks_file = "keys/ehr-jwks.json"',
+                     "refuses the local issuer"),
     "no-public-base-url": (PRODUCTION.replace('public_base_url = "https://cds.example.org"', ""), "needs public_base_url"),
     "cors-any-origin": (PRODUCTION.replace('["https://sandbox.cds-hooks.org"]', '["*"]'), "any origin"),
     "any-fhir-server": (PRODUCTION + "any_fhir_server = true", "development profile only"),
@@ -198,7 +209,9 @@ def test_check_config_development(runner, tmp_path):
     assert result.exit_code == 0, result.output
     assert "profile: development" in result.output
     assert f"iss: {SANDBOX}" in result.output
-    assert "not fetched now" in result.output
+    assert "kid 44823f3d-0b01-4a6c-a80e-b9d3e8a7226f (verified offline)" in result.output
+    assert f"iss: {config.LOCAL_ISSUER}" in result.output
+    assert (tmp_path / "lumbar-mri-cds" / config.LOCAL_JWKS_FILE).is_file()  # created on first use
     assert "must not see real patient data" in result.output
     assert "any origin" in result.output
 
@@ -214,7 +227,7 @@ def test_check_config_production(runner, tmp_path, ehr_jwks):
     assert "tenants: hospital-a" in out
     assert "CORS origins: https://sandbox.cds-hooks.org" in out
     assert "postgresql://cds:***@db.example.org/cds" in out and "s3cret" not in out
-    assert "warnings: none" in out
+    assert "is a placeholder" in out
 
 
 def test_check_config_reads_the_environment_variable(runner, tmp_path, ehr_jwks):

@@ -7,11 +7,13 @@ what the service reads (configuration keys, environment overrides, endpoints).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -25,6 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DEPLOY_CONFIG = ROOT / "deploy" / "config.toml"
+DEMO_CONFIG = ROOT / "deploy" / "demo.toml"
+SEED = ROOT / "deploy" / "seed.py"
+PATIENTS = ROOT / "fixtures" / "patients"
 SECRETS = {"POSTGRES_PASSWORD": "test-password", "PATIENT_HASH_SALT": "test-salt"}
 
 yaml = pytest.importorskip("yaml")
@@ -51,18 +56,106 @@ def service_environment(compose) -> dict[str, str]:
     return {k: substituted(str(v)) for k, v in compose["services"]["cds"]["environment"].items()}
 
 
-def test_check_config_accepts_the_sample_configuration():
+def test_check_config_accepts_the_sample_configuration_and_warns_of_its_placeholder_issuer():
     result = CliRunner().invoke(cli, ["check-config", "--config", str(DEPLOY_CONFIG)], env={config.CONFIG_ENV: ""})
     assert result.exit_code == 0, result.output
     assert "configuration OK" in result.output
     assert "profile: production" in result.output
+    assert "issuer https://ehr.example.org is a placeholder" in result.output
+
+
+def test_check_config_accepts_the_demo_configuration(tmp_path):
+    result = CliRunner().invoke(cli, ["check-config", "--config", str(DEMO_CONFIG)],
+                                env={config.CONFIG_ENV: "", "XDG_DATA_HOME": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert "profile: development" in result.output
+    assert f"iss: {config.SANDBOX_ISSUER}" in result.output
+
+
+def mounted_configuration(compose, environ: dict[str, str]) -> Path:
+    """The file the cds service mounts as its configuration, with these compose variables."""
+    cds = compose["services"]["cds"]
+    target = cds["environment"][config.CONFIG_ENV]
+    for volume in cds["volumes"]:
+        source = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: environ.get(m[1], m[2]), volume)
+        if source.split(":")[1] == target:
+            return (ROOT / source.split(":")[0]).resolve()
+    raise AssertionError(f"nothing mounted at {target}")
+
+
+def test_compose_mounts_the_demo_by_default_and_the_production_shape_on_request(compose):
+    assert mounted_configuration(compose, {}) == DEMO_CONFIG
+    assert mounted_configuration(compose, {"CDS_CONFIG": "./deploy/config.toml"}) == DEPLOY_CONFIG
+
+
+@pytest.mark.parametrize("path", [DEMO_CONFIG, DEPLOY_CONFIG], ids=["demo", "production"])
+def test_the_configurations_with_the_compose_environment(compose, path, tmp_path):
+    environment = {**service_environment(compose), "XDG_DATA_HOME": str(tmp_path)}
+    settings = config.load_settings(path, environment)
+    assert settings.database_url == "postgresql://cds:test-password@postgres:5432/cds"
+    assert settings.patient_hash_salt == "test-salt"
+
+
+def test_a_password_with_url_characters_reaches_the_database_intact(compose, monkeypatch):
+    """POSTGRES_PASSWORD is passed on its own and escaped into the URL, whatever it holds."""
+    import sqlalchemy as sa
+
+    password = "p@ss/w:rd?#%x"
+    monkeypatch.setitem(SECRETS, "POSTGRES_PASSWORD", password)
+    settings = config.load_settings(DEPLOY_CONFIG, service_environment(compose))
+    url = sa.make_url(settings.database_url)
+    assert (url.username, url.password, url.host, url.port, url.database) == ("cds", password, "postgres", 5432, "cds")
+
+
+def test_check_config_refuses_a_password_pasted_unescaped(tmp_path):
+    result = CliRunner().invoke(cli, ["check-config", "--config", str(DEPLOY_CONFIG)],
+                                env={config.CONFIG_ENV: "", "LUMBAR_MRI_CDS_DATABASE_URL": "postgresql://cds:p@ss/word@postgres:5432/cds"})
+    assert result.exit_code == 2
+    assert "must be percent-encoded" in result.output
+    assert "LUMBAR_MRI_CDS_DATABASE_PASSWORD" in result.output
+
+
+def test_every_port_is_published_on_loopback_only(compose):
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name}: {port}"
+
+
+def test_the_seed_service_loads_the_fixture_patients_into_hapi_fhir(compose):
+    seed = compose["services"]["seed"]
+    mounts = {m.split(":")[1]: (ROOT / m.split(":")[0]).resolve() for m in seed["volumes"]}
+    command = seed["command"]
+    assert mounts[command[1]] == SEED
+    assert mounts[command[command.index("--patients") + 1]] == PATIENTS
+    assert command[command.index("--fhir") + 1] == "http://hapi-fhir:8080/fhir"
+    assert seed["image"] == compose["services"]["cds"]["image"]  # it imports the package's date shifting
+    assert seed["restart"] == "no"
+
+
+def test_the_image_installs_pinned_dependencies():
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in (ROOT / "deploy" / "requirements.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"not pinned: {line}"
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for text in project["dependencies"]:
+        requirement = Requirement(text)
+        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        assert name in pins, f"{name} is not pinned in deploy/requirements.txt"
+        assert requirement.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} breaks {text}"
+    text = DOCKERFILE.read_text()
+    assert re.search(r"pip install -r requirements\.txt", text)
+    assert re.search(r"pip install --no-deps \.", text) and "pip check" in text
 
 
 def test_the_sample_configuration_with_the_compose_environment(compose):
     environment = service_environment(compose)
     settings = config.load_settings(DEPLOY_CONFIG, environment)
     assert settings.profile is config.Profile.PRODUCTION
-    assert settings.database_url == "postgresql://cds:test-password@postgres:5432/cds"
     assert settings.patient_hash_salt == "test-salt"
     assert settings.limits.deadline_seconds == 4.0
     hapi_base = "http://hapi-fhir:8080/fhir"
@@ -85,9 +178,6 @@ def test_the_service_runs_serve_with_the_mounted_configuration(compose):
     port = command[command.index("--port") + 1]
     assert "--behind-proxy" in command  # the proxy below is in front
     assert "ports" not in cds and str(port) in [str(p) for p in cds["expose"]]  # reached through the proxy only
-    mounts = {m.split(":")[1]: m.split(":")[0] for m in cds["volumes"]}
-    config_path = cds["environment"][config.CONFIG_ENV]
-    assert (ROOT / mounts[config_path]).resolve() == DEPLOY_CONFIG
     assert cds["environment"]["PROMETHEUS_MULTIPROC_DIR"].startswith(tuple(cds["tmpfs"]))
 
 
@@ -143,6 +233,66 @@ def test_docker_compose_config_validates_the_file():
     missing = {k: v for k, v in env.items() if k not in SECRETS}
     result = subprocess.run([*client, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, env=missing, cwd=ROOT)
     assert result.returncode != 0 and "POSTGRES_PASSWORD" in result.stderr  # secrets are required, never defaulted
+
+
+# --- the demo's seed: fixture patients as transaction Bundles ------------------------------------
+
+def test_the_patient_fixtures_are_transaction_bundles_of_puts():
+    for path in sorted(PATIENTS.glob("*.json")):
+        bundle = json.loads(path.read_text())
+        assert bundle["type"] == "transaction", path.name
+        for entry in bundle["entry"]:
+            resource = entry["resource"]
+            assert entry["request"] == {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"}
+
+
+def test_seed_loads_every_bundle_into_a_fhir_server_and_prints_the_sandbox_link(tmp_path):
+    """deploy/seed.py against a real FHIR server (tests/fhirserver): every transaction is accepted,
+    the ids are kept and the dates are moved to today."""
+    from datetime import date
+    from urllib.parse import parse_qs
+    from urllib.parse import urlsplit
+
+    import requests
+
+    from tests.fhirserver.runner import running_fhir_server
+
+    with running_fhir_server() as base:
+        result = subprocess.run([sys.executable, str(SEED), "--fhir", base, "--patients", str(PATIENTS), "--wait", "30",
+                                 "--public-fhir", "http://localhost:8080/fhir"],
+                                capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert result.returncode == 0, result.stderr
+        patient = requests.get(f"{base}/Patient/pat-acute", timeout=10)
+        assert patient.status_code == 200
+        conditions = requests.get(f"{base}/Condition", params={"patient": "pat-acute"}, timeout=10).json()
+        onsets = {e["resource"]["id"]: e["resource"].get("onsetDateTime") for e in conditions["entry"]}
+    # the episode began 14 days before the fixtures' day (2026-11-26), so 14 days before today
+    assert onsets["cond-acute-lbp"].startswith(str(date.fromordinal(date.today().toordinal() - 14)))
+    assert len(re.findall(r"^  [\w-]+: Patient/", result.stdout, re.M)) == len(list(PATIENTS.glob("*.json")))
+    link = re.search(r"https://sandbox\.cds-hooks\.org/\?\S+", result.stdout)[0]
+    query = {k: v[0] for k, v in parse_qs(urlsplit(link).query).items()}
+    assert query == {"fhirServiceUrl": "http://localhost:8080/fhir", "patientId": "pat-acute",
+                     "serviceDiscoveryURL": "http://localhost:8000/cds-services", "hook": "order-select", "screen": "pama"}
+
+
+def test_seed_reports_a_fhir_server_that_never_answers(tmp_path):
+    from tests.serving import free_port
+
+    result = subprocess.run([sys.executable, str(SEED), "--fhir", f"http://127.0.0.1:{free_port()}/fhir",
+                             "--patients", str(PATIENTS), "--wait", "1"],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 1
+    assert "did not answer within 1 s" in result.stderr
+
+
+def test_the_quick_starts_virtual_environment_is_ignored_by_git():
+    """The README's quick start makes .venv in the clone; `git status` must not list it."""
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert ".venv/" in ignored or ".venv" in ignored
+    if shutil.which("git") and (ROOT / ".git").exists():
+        check = subprocess.run(["git", "check-ignore", "-q", ".venv/bin/python"], cwd=ROOT)
+        assert check.returncode == 0
 
 
 # --- the reverse proxy (issue 15) ------------------------------------------------------------------

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import stat
 import time
 from datetime import date
 
@@ -46,12 +47,20 @@ def test_fixture_over_real_http(server, signer, name, rules):
     assert [c["source"]["topic"]["code"] for c in response.json()["cards"]] == rules
 
 
-@pytest.mark.parametrize("name", ["sandbox-empty-order", "sandbox-medication-order", "sandbox-dstu2-medication-order", "sandbox-no-draft-orders"])
+@pytest.mark.parametrize("name", ["sandbox-empty-order", "sandbox-medication-order", "sandbox-dstu2-medication-order"])
 def test_sandbox_shapes_over_real_http(server, signer, name):
     base, _ = server
     response = call(base, signer, "/cds-services/order-select", fhir.load_request(name), Origin="https://sandbox.cds-hooks.org")
     assert response.status_code == 200
     assert response.json() == {"cards": []}
+
+
+def test_order_select_without_selections_from_an_ehr_is_a_400(server, signer):
+    """Only the sandbox's own tokens get the empty answer for this shape (tests/web/test_hooks.py)."""
+    base, _ = server
+    response = call(base, signer, "/cds-services/order-select", fhir.load_request("sandbox-no-draft-orders"))
+    assert response.status_code == 400
+    assert response.json()["issue"][0]["expression"] == ["context.selections"]
 
 
 def test_discovery_and_token_checks_over_real_http(server, signer):
@@ -125,6 +134,97 @@ def test_feedback_round_trip_survives_a_restart(tmp_path, jwks_file, signer):
     assert rule["cards"] == 1
     assert (rule["accepted"], rule["overridden"]) == (1, 0)  # one card: its latest outcome counts
     assert report["cards_total"] == 1
+
+
+def serve_once(*args: str, env: dict[str, str] | None = None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "service.cli", "serve", *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_serve_with_an_unreachable_database_says_so_in_a_line(tmp_path, jwks_file):
+    port = free_port()
+    dead = free_port()  # nothing listens there
+    config = write_config(tmp_path, port=port, jwks_file=jwks_file, issuer=ISSUER,
+                          database_url=f"postgresql://cds:pa55word@127.0.0.1:{dead}/cds")
+    result = serve_once("--config", str(config), "--port", str(port))
+    assert result.returncode == 5
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 3, result.stderr
+    assert f"the database postgresql://cds:***@127.0.0.1:{dead}/cds cannot be used" in result.stderr
+    assert "pa55word" not in result.stderr
+
+
+def test_serve_on_a_port_in_use_hints_at_port(tmp_path, jwks_file):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, port=port, jwks_file=jwks_file, issuer=ISSUER)
+        result = serve_once("--config", str(config), "--port", str(port))
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "--port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_metrics_add_up_across_the_default_two_workers_without_any_setting(tmp_path, jwks_file):
+    """`serve` makes a private multiprocess directory itself when PROMETHEUS_MULTIPROC_DIR is unset.
+
+    One worker is held on a half-sent request while the other answers the calls, so both workers
+    count some: a scrape, whichever worker answers it, must report the sum.
+    """
+    import socket
+
+    from tests.web.test_metrics import samples
+    from tests.web.test_metrics import value
+
+    port = free_port()
+    config = write_config(tmp_path, port=port, jwks_file=jwks_file, issuer=ISSUER)
+    base = f"http://127.0.0.1:{port}"
+    calls = 6
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    with serving(config, port, env={"PROMETHEUS_MULTIPROC_DIR": None, "TMPDIR": str(scratch)}):  # unset
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as held:
+            held.sendall(b"GET /cds-services HTTP/1.1\r\n")  # one sync worker now waits for the rest
+            time.sleep(0.3)
+            for _ in range(calls):  # answered by the other worker
+                assert requests.get(base + "/cds-services", timeout=10, headers={"Connection": "close"}).status_code == 200
+            held.sendall(b"Host: localhost\r\nConnection: close\r\n\r\n")
+            assert held.recv(64).startswith(b"HTTP/1.1 200")
+        for _ in range(4):
+            found = samples(requests.get(base + "/metrics", timeout=10, headers={"Connection": "close"}).text)
+            assert value(found, "lumbar_mri_cds_requests_total", endpoint="discovery", service="-", status="200") == calls + 1
+        assert list(scratch.glob("lumbar-mri-cds-metrics-*"))  # made by serve...
+    assert not list(scratch.glob("lumbar-mri-cds-metrics-*"))  # ...and removed when it stops
+
+
+def test_each_instance_has_a_control_socket_of_its_own(tmp_path, jwks_file):
+    import os
+
+    from service.server import control_socket_path
+
+    ports = [free_port(), free_port()]
+    env = {"XDG_RUNTIME_DIR": str(tmp_path)}
+    configs = []
+    for port in ports:
+        directory = tmp_path / str(port)
+        directory.mkdir()
+        configs.append(write_config(directory, port=port, jwks_file=jwks_file, issuer=ISSUER))
+    paths = [control_socket_path("127.0.0.1", port, {**os.environ, **env}) for port in ports]
+    assert paths[0] != paths[1]
+    with serving(configs[0], ports[0], workers=1, env=env), serving(configs[1], ports[1], workers=1, env=env):
+        for path in paths:
+            deadline = time.monotonic() + 10
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert stat.S_ISSOCK(os.stat(path).st_mode), path
 
 
 # --- issue 15: slow clients ---------------------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+import re
 from datetime import date
+from datetime import timedelta
 from typing import Any
 
 
@@ -43,3 +45,24 @@ def age_on(birth_date: date, today: date) -> int:
     if (today.month, today.day) < (birth_date.month, birth_date.day):
         years -= 1
     return years
+
+
+_LEADING_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
+
+
+def shift_dates(value: Any, days: int) -> Any:
+    """A copy of `value` with every YYYY-MM-DD date that starts a string moved by `days` (keeps a
+    story's intervals: an episode of 14 days stays 14 days long)."""
+    if isinstance(value, dict):
+        return {k: shift_dates(v, days) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shift_dates(v, days) for v in value]
+    if isinstance(value, str) and days:
+        match = _LEADING_DATE.match(value)
+        if match:
+            try:
+                moved = date(int(match[1]), int(match[2]), int(match[3])) + timedelta(days=days)
+            except ValueError:
+                return value
+            return moved.isoformat() + value[10:]
+    return value

@@ -1,8 +1,14 @@
 """The hook request envelope: parse untrusted JSON into a ``HookRequest`` or say what is wrong.
 
 Unknown elements are ignored (CDS Hooks 2.0). Shapes the CDS Hooks sandbox really sends (a
-draftOrders Bundle without `type`, no `selections`, DSTU2 MedicationOrder drafts) are accepted; the
-pipeline decides later that they need no card.
+draftOrders Bundle without `type`, DSTU2 MedicationOrder drafts) are accepted; the pipeline decides
+later that they need no card.
+
+An order-select call must carry ``context.selections`` and ``context.draftOrders`` (both required
+for that hook): without them it is a 400 naming the missing field, because a silent empty answer
+hides a client's serialization bug. The one client known to send such a call on purpose is the CDS
+Hooks sandbox (one of its screens sends neither); the caller passes ``sandbox_quirks=True`` for it
+(its tokens, development profile only), and that call is answered ``{"cards": []}``.
 """
 
 from __future__ import annotations
@@ -112,8 +118,13 @@ def _check_strings(data: Any, limit: int) -> None:
                 stack.append(child)
 
 
-def parse_request(data: Any, *, hook: str) -> HookRequest:
-    """Check the envelope of a call to a service of this hook and return it typed."""
+# Context fields a hook requires beyond patientId (CDS Hooks order-select: selections and draftOrders).
+REQUIRED_CONTEXT = {"order-select": ("selections", "draftOrders")}
+
+
+def parse_request(data: Any, *, hook: str, sandbox_quirks: bool = False) -> HookRequest:
+    """Check the envelope of a call to a service of this hook and return it typed (``sandbox_quirks``:
+    tolerate the CDS Hooks sandbox's order-select call without selections and draftOrders)."""
     if not isinstance(data, dict):
         raise InvalidRequest("the body must be a JSON object (a CDS Hooks request)")
     got = _string(data, "hook", required=True)
@@ -127,12 +138,21 @@ def parse_request(data: Any, *, hook: str) -> HookRequest:
         prefetch = {}
     if not isinstance(prefetch, dict):
         raise InvalidRequest("prefetch must be a JSON object", expression="prefetch")
+    hook_instance = _string(data, "hookInstance", required=True)
+    patient_id = _string(context, "patientId", required=True, at="context.")
+    missing = [key for key in REQUIRED_CONTEXT.get(hook, ()) if context.get(key) is None]
+    if missing and not sandbox_quirks:
+        raise InvalidRequest(
+            f"context.{missing[0]} is required for the {hook} hook "
+            f"(missing: {', '.join('context.' + m for m in missing)})",
+            expression=f"context.{missing[0]}",
+        )
     return HookRequest(
         hook=got,
-        hook_instance=_string(data, "hookInstance", required=True),
+        hook_instance=hook_instance,
         fhir_server=_fhir_server(data),
         fhir_authorization=_fhir_authorization(data.get("fhirAuthorization")),
-        patient_id=_string(context, "patientId", required=True, at="context."),
+        patient_id=patient_id,
         user_id=_string(context, "userId", at="context."),
         encounter_id=_string(context, "encounterId", at="context."),
         selections=_selections(context.get("selections")),

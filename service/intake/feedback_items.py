@@ -106,6 +106,13 @@ def _parse_item(entry: Any, at: str, errors: Errors) -> FeedbackItem | None:
     suggestions = _accepted_suggestions(entry.get("acceptedSuggestions"), f"{at}.acceptedSuggestions", errors)
     if suggestions and outcome == Outcome.OVERRIDDEN.value:
         errors.append((f"{at}.acceptedSuggestions", "only allowed when outcome is 'accepted'"))
+    # CDS Hooks 2.0, Feedback: "`acceptedSuggestions` | CONDITIONAL | *array* | An array of json
+    # objects identifying one or more of the user's **AcceptedSuggestion**s. Required for `accepted`
+    # outcomes." (https://cds-hooks.hl7.org/2.0/#feedback). An accepted card without them cannot say
+    # what was done, and the report would count it as accepted all the same.
+    if outcome == Outcome.ACCEPTED.value and not suggestions and not _has_errors_at(errors, before, f"{at}.acceptedSuggestions"):
+        errors.append((f"{at}.acceptedSuggestions", "is required when outcome is 'accepted' (one or more {id} of the "
+                                                    "card's suggestions; CDS Hooks 2.0)"))
     code, system, display, comment = _override_reason(entry.get("overrideReason"), f"{at}.overrideReason", errors)
     if entry.get("overrideReason") is not None and outcome == Outcome.ACCEPTED.value:
         errors.append((f"{at}.overrideReason", "only allowed when outcome is 'overridden'"))
@@ -122,6 +129,11 @@ def _parse_item(entry: Any, at: str, errors: Errors) -> FeedbackItem | None:
         user_comment=comment,
         outcome_timestamp=timestamp,
     )
+
+
+def _has_errors_at(errors: Errors, since: int, prefix: str) -> bool:
+    """Whether an error about `prefix` (or inside it) was added after index `since`."""
+    return any(where.startswith(prefix) for where, _ in errors[since:])
 
 
 def _string(value: Any, at: str, limit: int, errors: Errors, *, required: bool = False) -> str | None:

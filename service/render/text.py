@@ -1,4 +1,4 @@
-"""A readable rendering of a CDS Hooks response, for `lumbar-mri-cds evaluate`."""
+"""A readable rendering of a CDS Hooks response, for `lumbar-mri-cds evaluate` and `call`."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from typing import Any
 _INDICATOR = {"critical": "CRITICAL", "warning": "WARNING", "info": "INFO"}
 
 
-def render_text(response: Mapping[str, Any], *, orders_reviewed: int) -> str:
-    """Cards, suggestions and ratings as plain text."""
+def render_text(response: Mapping[str, Any], *, orders_reviewed: int | None) -> str:
+    """Cards, suggestions and ratings as plain text (``orders_reviewed`` None: not known, as for an
+    answer over HTTP)."""
     cards = response.get("cards", [])
     if not cards and not response.get("systemActions"):
+        if orders_reviewed is None:
+            return "No cards."
         reason = "no lumbar MRI order to review" if orders_reviewed == 0 else "no card for this order"
         return f"No cards ({reason})."
     lines: list[str] = []

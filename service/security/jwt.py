@@ -8,7 +8,7 @@ first; nothing is fetched for a token whose issuer is not configured):
    only: ``none`` and HMAC are refused, so a public key can never be used as an HMAC secret).
 3. The (still unverified) ``iss`` is a configured issuer.
 4. A ``jku`` in the header equals that issuer's configured ``jwks_url``; any other ``jku`` is refused
-   and never fetched.
+   and never fetched. An issuer whose keys come from a ``jwks_file`` ignores ``jku``.
 5. The key is that issuer's key ``kid`` (``keys.KeyStore``), of a type that fits ``alg``.
 6. The signature verifies (PyJWT), RSA keys have at least 2048 bits, and the claims hold:
    ``iss`` as configured; ``aud`` equals the URL called (a string, or an array holding it);
@@ -72,7 +72,9 @@ class TokenVerifier:
         header, unverified = _unverified(token)
         issuer = self._issuer_of(unverified)
         jku = header.get("jku")
-        if jku is not None and jku != issuer.jwks_url:
+        # An issuer whose keys are pinned in a file ignores `jku`: the key is chosen by `kid` among
+        # the pinned ones, so where the token says keys live cannot matter (nothing is fetched).
+        if jku is not None and issuer.jwks_url is not None and jku != issuer.jwks_url:
             raise errors.NotAuthenticated(
                 f"issuer {issuer.iss}: jku {keys_mod.loggable(jku)} is not its configured jwks_url; not fetched"
             )
@@ -161,6 +163,13 @@ def _decode(token: str, key: pyjwt.PyJWK, alg: str, issuer: IssuerSettings, audi
                 "enforce_minimum_key_length": True,
             },
         )
+    except pyjwt.InvalidAudienceError as exc:
+        # Say what was expected: the fix is nearly always public_base_url, or the URL the EHR calls.
+        got = pyjwt.decode(token, options={"verify_signature": False}).get("aud")
+        raise errors.NotAuthenticated(
+            f"issuer {issuer.iss}: {type(exc).__name__}: {exc}: expected {audience!r} "
+            f"(public_base_url + the path called), the token has {keys_mod.loggable(got)}"
+        ) from None
     except pyjwt.PyJWTError as exc:
         raise errors.NotAuthenticated(f"issuer {issuer.iss}: {type(exc).__name__}: {exc}") from None
     if not isinstance(payload["jti"], str) or not payload["jti"]:

@@ -93,9 +93,14 @@ class KeyStore:
         # parses and checks the public key, work a token for the same key need not repeat. An entry
         # counts only while its JWK is the one the current set holds (a refresh replaces them).
         self._bound: dict[tuple[str, str, str], tuple[Mapping[str, Any], pyjwt.PyJWK]] = {}
+        # iss -> keys shipped for an issuer that also has a jwks_url (the development profile's
+        # sandbox issuer): used first, so its tokens verify offline; the URL only for another kid.
+        self._shipped: dict[str, KeySet] = {}
         for issuer in self._issuers.values():
-            if issuer.jwks_file is not None:
-                self._sets[issuer.iss] = self._read_file(issuer.jwks_file)
+            if issuer.jwks_file is None:
+                continue
+            target = self._shipped if issuer.jwks_url is not None else self._sets
+            target[issuer.iss] = self._read_file(issuer.jwks_file)
 
     def key(self, issuer: IssuerSettings, kid: str, alg: str) -> pyjwt.PyJWK:
         """The key `kid` of this issuer, bound to `alg`; raises KeyUnavailable."""
@@ -108,6 +113,10 @@ class KeyStore:
         bound = bind(jwk, alg, where=f"issuer {issuer.iss}, kid {loggable(kid)}")
         self._bound[(issuer.iss, kid, alg)] = (jwk, bound)  # kid is in the set, alg one of 9: bounded
         return bound
+
+    def shipped_set(self, issuer: IssuerSettings) -> KeySet | None:
+        """The keys shipped for an issuer that also has a jwks_url; for check-config."""
+        return self._shipped.get(issuer.iss)
 
     def key_set(self, issuer: IssuerSettings, *, fetch: bool = False) -> KeySet | None:
         """The cached set of this issuer (fetched first if `fetch`); for check-config."""
@@ -125,6 +134,9 @@ class KeyStore:
             current = self._sets.get(issuer.iss)
         if issuer.jwks_url is None:
             return current.keys.get(kid) if current else None
+        shipped = self._shipped.get(issuer.iss)
+        if shipped is not None and kid in shipped.keys:
+            return shipped.keys[kid]
         now = self._clock()
         if current is None or now - current.fetched_at > MAX_AGE_SECONDS or kid not in current.keys:
             current = self._refresh(issuer)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field
 from datetime import date
 from datetime import datetime
 from datetime import time
@@ -33,26 +34,107 @@ from service.store import schema
 NO_FEEDBACK = "none"  # the outcome of a card nobody gave feedback on (weekly chart)
 
 
-def build_report(engine: sa.Engine, *, since: date | None = None, until: date | None = None) -> dict[str, Any]:
-    """Per rule id: cards issued, accepted, overridden, override reasons and acceptance rate."""
-    cards = schema.cards
-    latest = _latest_feedback()
-    issued = sa.select(cards.c.rule_id, sa.func.count()).where(*_window(since, until)).group_by(cards.c.rule_id)
-    outcomes = (
-        sa.select(cards.c.rule_id, latest.c.outcome, latest.c.override_code, sa.func.count())
-        .select_from(cards.join(latest, latest.c.card_uuid == cards.c.card_uuid))
+# A card issued again for the same patient, rule and CDS service, by the same issuer and tenant,
+# within this time of the previous one is a re-fire of the same decision, not a new one: EHRs call
+# order-select again whenever the order form changes, and the CDS Hooks sandbox does so on every
+# edit, each time with a new hookInstance (so hookInstance alone cannot tell re-fires apart). Ten
+# minutes covers one ordering session; the same study ordered again later counts again.
+# `report --dedup-minutes` changes it (0: every card counts).
+DEDUP_WINDOW = timedelta(minutes=10)
+
+
+@dataclass(slots=True, kw_only=True)
+class Decision:
+    """One decision: a card, with the re-fires of it that followed."""
+
+    rule_id: str
+    first_issued: datetime               # when its first card was issued (the week it counts in)
+    cards: int = 1                       # cards issued for it (1 + re-fires)
+    outcome: str | None = None           # the latest feedback on any of its cards, if any
+    override_code: str | None = None
+    outcome_key: tuple[Any, ...] = ()    # (outcomeTimestamp, arrival id) of that feedback
+
+
+def decisions(
+    engine: sa.Engine, *, since: date | None = None, until: date | None = None, dedup: timedelta = DEDUP_WINDOW
+) -> list[Decision]:
+    """The decisions behind the cards issued in the period, in the order they were first issued.
+
+    Cards of one hook call are separate decisions (one per order); a later call's cards with the
+    same key join the decisions of the previous call, in order, if it came within `dedup`.
+    """
+    cards, latest = schema.cards, _latest_feedback()
+    query = (
+        sa.select(cards.c.rule_id, cards.c.service_id, cards.c.issuer, cards.c.tenant, cards.c.patient_hash,
+                  cards.c.hook_instance, cards.c.issued_at, latest.c.outcome, latest.c.override_code,
+                  latest.c.outcome_timestamp, latest.c.id)
+        .select_from(cards.outerjoin(latest, latest.c.card_uuid == cards.c.card_uuid))
         .where(*_window(since, until))
-        .group_by(cards.c.rule_id, latest.c.outcome, latest.c.override_code)
+        .order_by(cards.c.issued_at, cards.c.card_uuid)
     )
-    rules: dict[str, dict[str, Any]] = {}
+    found: list[Decision] = []
+    chains: dict[tuple[Any, ...], _Chain] = {}
     with engine.connect() as conn:
-        for rule_id, n in conn.execute(issued):
-            rules[rule_id] = {"cards": n, "accepted": 0, "overridden": 0, "override_reasons": {}}
-        for rule_id, outcome, code, n in conn.execute(outcomes):
-            entry = rules[rule_id]
-            entry[outcome] += n
-            if outcome == "overridden" and code is not None:
-                entry["override_reasons"][code] = entry["override_reasons"].get(code, 0) + n
+        for row in conn.execute(query):
+            issued = _utc(row.issued_at)
+            key = (row.rule_id, row.service_id, row.issuer, row.tenant, row.patient_hash)
+            chain = chains.get(key) if row.patient_hash is not None else None  # no patient: no telling
+            if chain is not None and row.hook_instance == chain.instance:
+                position = chain.position  # another card of the same call: the next order's
+            elif chain is not None and issued - chain.last <= dedup:
+                chain.instance, position = row.hook_instance, 0  # a re-fire: its cards join in order
+            else:
+                chain, position = _Chain(instance=row.hook_instance, last=issued), 0
+                if row.patient_hash is not None:
+                    chains[key] = chain
+            if position < len(chain.members):
+                decision = chain.members[position]
+                decision.cards += 1
+            else:
+                decision = Decision(rule_id=row.rule_id, first_issued=issued)
+                chain.members.append(decision)
+                found.append(decision)
+            chain.position, chain.last = position + 1, issued
+            _take_outcome(decision, row)
+    return found
+
+
+@dataclass(slots=True, kw_only=True)
+class _Chain:
+    instance: str                                           # hookInstance of the latest call
+    last: datetime                                          # when its latest card was issued
+    position: int = 0                                       # cards of that call seen so far
+    members: list[Decision] = field(default_factory=list)   # the decisions, one per card of a call
+
+
+def _take_outcome(decision: Decision, row: Any) -> None:
+    if row.outcome is None:
+        return
+    key = (_utc(row.outcome_timestamp), row.id)
+    if decision.outcome is None or key > decision.outcome_key:
+        decision.outcome, decision.override_code, decision.outcome_key = row.outcome, row.override_code, key
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def build_report(
+    engine: sa.Engine, *, since: date | None = None, until: date | None = None, dedup: timedelta = DEDUP_WINDOW
+) -> dict[str, Any]:
+    """Per rule id: decisions (cards, re-fires counted once), accepted, overridden, override reasons,
+    acceptance rate, and the re-fires left out."""
+    rules: dict[str, dict[str, Any]] = {}
+    for decision in decisions(engine, since=since, until=until, dedup=dedup):
+        entry = rules.setdefault(decision.rule_id, {"cards": 0, "refires": 0, "accepted": 0, "overridden": 0,
+                                                    "override_reasons": {}})
+        entry["cards"] += 1
+        entry["refires"] += decision.cards - 1
+        if decision.outcome is not None:
+            entry[decision.outcome] += 1
+        if decision.outcome == "overridden" and decision.override_code is not None:
+            reasons = entry["override_reasons"]
+            reasons[decision.override_code] = reasons.get(decision.override_code, 0) + 1
     for entry in rules.values():
         entry["override_reasons"] = dict(sorted(entry["override_reasons"].items(), key=lambda kv: (-kv[1], kv[0])))
         answered = entry["accepted"] + entry["overridden"]
@@ -61,6 +143,7 @@ def build_report(engine: sa.Engine, *, since: date | None = None, until: date | 
     return {
         "rules": dict(sorted(rules.items())),
         "cards_total": sum(e["cards"] for e in rules.values()),
+        "refires_total": sum(e["refires"] for e in rules.values()),
         "feedback_total": sum(e["accepted"] + e["overridden"] for e in rules.values()),
     }
 
@@ -68,7 +151,7 @@ def build_report(engine: sa.Engine, *, since: date | None = None, until: date | 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Week:
     start: date        # the Monday (UTC) the week begins
-    accepted: int      # cards issued that week whose counted outcome is accepted
+    accepted: int      # decisions first issued that week whose counted outcome is accepted
     overridden: int
     no_feedback: int
 
@@ -78,26 +161,15 @@ class Week:
 
 
 def weekly_outcomes(
-    engine: sa.Engine, *, since: date | None = None, until: date | None = None
+    engine: sa.Engine, *, since: date | None = None, until: date | None = None, dedup: timedelta = DEDUP_WINDOW
 ) -> dict[str, list[Week]]:
-    """Per rule id, the outcomes of the cards issued each week (weeks without cards included)."""
-    cards = schema.cards
-    latest = _latest_feedback()
-    day = _utc_day(engine, cards.c.issued_at).label("day")
-    outcome = sa.func.coalesce(latest.c.outcome, NO_FEEDBACK).label("outcome")
-    query = (
-        sa.select(cards.c.rule_id, day, outcome, sa.func.count())
-        .select_from(cards.outerjoin(latest, latest.c.card_uuid == cards.c.card_uuid))
-        .where(*_window(since, until))
-        .group_by(cards.c.rule_id, day, outcome)
-    )
+    """Per rule id, the outcomes of the decisions first issued each week (weeks without any included)."""
     counts: dict[str, dict[date, dict[str, int]]] = {}
-    with engine.connect() as conn:
-        for rule_id, issued_on, result, n in conn.execute(query):
-            issued_on = date.fromisoformat(issued_on) if isinstance(issued_on, str) else issued_on
-            week = issued_on - timedelta(days=issued_on.weekday())
-            bucket = counts.setdefault(rule_id, {}).setdefault(week, {})
-            bucket[result] = bucket.get(result, 0) + n
+    for decision in decisions(engine, since=since, until=until, dedup=dedup):
+        day = decision.first_issued.date()
+        bucket = counts.setdefault(decision.rule_id, {}).setdefault(day - timedelta(days=day.weekday()), {})
+        outcome = decision.outcome or NO_FEEDBACK
+        bucket[outcome] = bucket.get(outcome, 0) + 1
     if not counts:
         return {}
     weeks = _week_range(min(min(r) for r in counts.values()), max(max(r) for r in counts.values()))
@@ -119,8 +191,10 @@ def _latest_feedback() -> sa.Subquery:
     """One row per card: its latest feedback item (outcomeTimestamp, then arrival order)."""
     f = schema.feedback
     rank = sa.func.row_number().over(partition_by=f.c.card_uuid, order_by=(f.c.outcome_timestamp.desc(), f.c.id.desc()))
-    ranked = sa.select(f.c.card_uuid, f.c.outcome, f.c.override_code, rank.label("rank")).subquery()
-    return sa.select(ranked.c.card_uuid, ranked.c.outcome, ranked.c.override_code).where(ranked.c.rank == 1).subquery()
+    ranked = sa.select(f.c.card_uuid, f.c.outcome, f.c.override_code, f.c.outcome_timestamp, f.c.id,
+                       rank.label("rank")).subquery()
+    return sa.select(ranked.c.card_uuid, ranked.c.outcome, ranked.c.override_code, ranked.c.outcome_timestamp,
+                     ranked.c.id).where(ranked.c.rank == 1).subquery()
 
 
 def _window(since: date | None, until: date | None) -> list[sa.ColumnElement[bool]]:
@@ -143,22 +217,67 @@ def _week_range(first: date, last: date) -> list[date]:
     return [first + timedelta(weeks=n) for n in range((last - first).days // 7 + 1)]
 
 
+# --- what a report describes -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scope:
+    """What a report describes, printed at its top: which store, which period, when, how counted."""
+
+    database: str                       # the store's URL, password masked
+    since: date | None = None           # first UTC day of cards issued, inclusive
+    until: date | None = None           # last UTC day, inclusive
+    generated_at: datetime              # when the report was made (UTC)
+    dedup: timedelta = DEDUP_WINDOW     # re-fires within this count once
+    labels: Mapping[str, str] = field(default_factory=dict)  # override reason code -> display
+
+    def as_json(self) -> dict[str, Any]:
+        """The scope's members of the JSON report."""
+        return {
+            "database": self.database,
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "generated_at": self.generated_at.astimezone(timezone.utc).isoformat(timespec="seconds"),
+            "dedup_minutes": self.dedup.total_seconds() / 60,
+        }
+
+    def lines(self) -> list[str]:
+        """The scope as the lines heading a text report."""
+        minutes = f"{self.dedup.total_seconds() / 60:g}"
+        return [
+            f"database:  {self.database}",
+            f"period:    cards issued {_period(self.since, self.until)} (UTC days)",
+            f"generated: {self.generated_at.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} UTC",
+            f"counting:  a card re-fired for the same patient, rule and service within {minutes} minutes "
+            "counts once (--dedup-minutes)",
+        ]
+
+    def label(self, code: str) -> str:
+        """An override reason's display, with its code."""
+        display = self.labels.get(code)
+        return f"{display} ({code})" if display else code
+
+
 # --- text ------------------------------------------------------------------------------------------
 
 
-def render_text(report: Mapping[str, Any], *, since: date | None = None, until: date | None = None) -> str:
-    """The report as a plain-text table."""
-    lines = [f"Cards issued {_period(since, until)} and the feedback on them", ""]
-    header = f"{'rule':<32} {'cards':>7} {'accepted':>9} {'overridden':>11} {'acceptance':>11}"
+def render_text(report: Mapping[str, Any], scope: Scope) -> str:
+    """The report as a plain-text table, headed by what it describes."""
+    lines = ["lumbar-mri-cds report", *scope.lines(), ""]
+    header = f"{'rule':<32} {'cards':>7} {'re-fires':>9} {'accepted':>9} {'overridden':>11}  acceptance"
     lines += [header, "-" * len(header)]
     for rule_id, entry in report["rules"].items():
         lines.append(
-            f"{rule_id:<32} {entry['cards']:>7} {entry['accepted']:>9} {entry['overridden']:>11} {_rate(entry):>11}"
+            f"{rule_id:<32} {entry['cards']:>7} {entry['refires']:>9} {entry['accepted']:>9} "
+            f"{entry['overridden']:>11}  {_rate(entry)}"
         )
         for code, n in entry["override_reasons"].items():
-            lines.append(f"    override reason {code}: {n}")
+            lines.append(f"    override reason {scope.label(code)}: {n}")
     lines.append("-" * len(header))
-    lines.append(f"{'total':<32} {report['cards_total']:>7}   feedback on {report['feedback_total']} cards")
+    lines.append(
+        f"{'total':<32} {report['cards_total']:>7} {report['refires_total']:>9}   "
+        f"feedback on {report['feedback_total']} of {report['cards_total']} cards"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -173,8 +292,10 @@ def _period(since: date | None, until: date | None) -> str:
 
 
 def _rate(entry: Mapping[str, Any]) -> str:
+    """The acceptance rate with the counts it is made of: "43 % (3 of 7)"."""
     rate = entry.get("acceptance_rate")
-    return "-" if rate is None else f"{rate * 100:.0f} %"
+    answered = entry["accepted"] + entry["overridden"]
+    return "-" if rate is None else f"{rate * 100:.0f} % ({entry['accepted']} of {answered})"
 
 
 # --- HTML ------------------------------------------------------------------------------------------
@@ -191,40 +312,42 @@ h2 { font-size: 1.05em; margin: 1.5em 0 .2em; }
 """
 
 
-def render_html(
-    engine: sa.Engine, report: Mapping[str, Any], *, since: date | None = None, until: date | None = None
-) -> str:
-    """A self-contained HTML page: weekly outcome charts per rule (inline SVG) and the table."""
-    weeks = weekly_outcomes(engine, since=since, until=until)
+def render_html(engine: sa.Engine, report: Mapping[str, Any], scope: Scope) -> str:
+    """A self-contained HTML page: what it describes, the table, weekly outcome charts per rule."""
+    weeks = weekly_outcomes(engine, since=scope.since, until=scope.until, dedup=scope.dedup)
     legend = "".join(f'<span style="background:{c}"></span>{html.escape(k)}' for k, c in _COLOURS.items())
     charts = "".join(
         f"<h2>{html.escape(rule_id)}</h2>\n{_svg_chart(rule_id, series)}\n" for rule_id, series in weeks.items()
     )
-    title = f"lumbar-mri-cds: cards issued {_period(since, until)} and the feedback on them"
+    title = f"lumbar-mri-cds: cards issued {_period(scope.since, scope.until)} and the feedback on them"
+    about = "".join(f"<li>{html.escape(line)}</li>" for line in scope.lines())
     return (
         "<!DOCTYPE html>\n"
         f'<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_CSS}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n"
-        f"{_html_table(report)}\n"
+        f'<ul class="about">{about}</ul>\n'
+        f"{_html_table(report, scope)}\n"
         f'<p class="legend">Cards issued per week (Monday, UTC), by their latest outcome:{legend}</p>\n'
         f"{charts or '<p>No cards issued in this period.</p>'}"
         "</body></html>\n"
     )
 
 
-def _html_table(report: Mapping[str, Any]) -> str:
+def _html_table(report: Mapping[str, Any], scope: Scope) -> str:
     rows = []
     for rule_id, entry in report["rules"].items():
-        reasons = ", ".join(f"{html.escape(str(code))}: {n}" for code, n in entry["override_reasons"].items())
+        reasons = ", ".join(f"{html.escape(scope.label(str(code)))}: {n}" for code, n in entry["override_reasons"].items())
         rows.append(
-            f"<tr><td>{html.escape(rule_id)}</td><td>{entry['cards']}</td><td>{entry['accepted']}</td>"
-            f"<td>{entry['overridden']}</td><td>{_rate(entry)}</td><td class=\"reasons\">{reasons}</td></tr>"
+            f"<tr><td>{html.escape(rule_id)}</td><td>{entry['cards']}</td><td>{entry['refires']}</td>"
+            f"<td>{entry['accepted']}</td><td>{entry['overridden']}</td><td>{_rate(entry)}</td>"
+            f"<td class=\"reasons\">{reasons}</td></tr>"
         )
     rows.append(
-        f"<tr><th>total</th><th>{report['cards_total']}</th>"
-        f"<th colspan=\"4\" class=\"reasons\">feedback on {report['feedback_total']} cards</th></tr>"
+        f"<tr><th>total</th><th>{report['cards_total']}</th><th>{report['refires_total']}</th>"
+        f"<th colspan=\"4\" class=\"reasons\">feedback on {report['feedback_total']} of {report['cards_total']} cards</th></tr>"
     )
-    head = "<tr><th>rule</th><th>cards</th><th>accepted</th><th>overridden</th><th>acceptance</th><th>override reasons</th></tr>"
+    head = ("<tr><th>rule</th><th>cards</th><th>re-fires</th><th>accepted</th><th>overridden</th><th>acceptance</th>"
+            "<th>override reasons</th></tr>")
     return "<table>\n" + head + "\n" + "\n".join(rows) + "\n</table>"
 
 
@@ -232,16 +355,20 @@ def _svg_chart(rule_id: str, series: list[Week], *, width: int = 760, height: in
     """Stacked weekly bars: accepted, overridden, no feedback."""
     left, bottom, top = 40, 20, 10
     plot_w, plot_h = width - left - 10, height - bottom - top
-    peak = max((w.cards for w in series), default=0) or 1
+    ticks = y_ticks(max((w.cards for w in series), default=0))
+    peak = ticks[-1]  # the axis ends on a tick at or above the highest bar
     slot = plot_w / max(len(series), 1)
     bar = max(slot * 0.8, 1.0)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
         f'aria-label="weekly outcomes of {html.escape(rule_id)}">',
         f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#888"/>',
-        f'<text x="{left - 4}" y="{top + 8}" font-size="10" text-anchor="end">{peak}</text>',
-        f'<text x="{left - 4}" y="{top + plot_h}" font-size="10" text-anchor="end">0</text>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#888"/>',
     ]
+    for tick in ticks:
+        y = top + plot_h - plot_h * tick / peak
+        parts.append(f'<line class="tick" x1="{left - 3}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#eee"/>')
+        parts.append(f'<text class="tick" x="{left - 5}" y="{y + 3:.1f}" font-size="10" text-anchor="end">{tick}</text>')
     for n, week in enumerate(series):
         x = left + n * slot + (slot - bar) / 2
         y = top + plot_h
@@ -266,3 +393,13 @@ def _svg_chart(rule_id: str, series: list[Week], *, width: int = 760, height: in
 def _tick_weeks(series: list[Week], most: int = 8) -> list[tuple[int, Week]]:
     step = max(1, -(-len(series) // most))
     return [(n, w) for n, w in enumerate(series) if n % step == 0]
+
+
+def y_ticks(highest: int, most: int = 6) -> list[int]:
+    """Whole-number axis ticks from 0 to the first tick at or above `highest`, a 1-2-5 step apart,
+    at most `most` steps: 3 gives 0, 1, 2, 3; 7 gives 0, 2, 4, 6, 8; 23 gives 0, 5, ..., 25."""
+    highest = max(highest, 1)
+    step = 1
+    while -(-highest // step) > most:
+        step = step * 5 // 2 if str(step)[0] == "2" else step * 2  # 1, 2, 5, 10, 20, 50, ...
+    return list(range(0, -(-highest // step) * step + 1, step))

@@ -7,6 +7,7 @@ the version so later changes can migrate.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -132,6 +133,42 @@ def is_lock_timeout(exc: sa.exc.DBAPIError) -> bool:
     return "database is locked" in text or "lock timeout" in text or getattr(exc.orig, "sqlstate", None) == "55P03"
 
 
+def open_existing(database_url: str) -> sa.Engine:
+    """An engine on a store that exists and holds the service's tables; StoreUnavailable, saying
+    where, otherwise (a report must not create an empty database and then describe it)."""
+    url = sa.engine.make_url(database_url) if "://" in database_url else None
+    if url is not None and url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
+        raise StoreUnavailable(
+            f"no database at {url.database}: nothing was recorded there (start `lumbar-mri-cds serve` and "
+            "call it, or name the store with --config or LUMBAR_MRI_CDS_DATABASE_URL)"
+        )
+    engine = create_engine(database_url, interactive=False)  # reports: no statement timeout
+    try:
+        present = sa.inspect(engine).has_table(cards.name)
+    except sa.exc.SQLAlchemyError as exc:
+        engine.dispose()
+        raise unreachable(database_url, exc) from None
+    if not present:
+        engine.dispose()
+        raise StoreUnavailable(f"the database {masked_url(database_url)} has no cards table: no service has recorded there")
+    return engine
+
+
+def masked_url(database_url: str) -> str:
+    """The database URL with its password replaced by ***, for messages and check-config."""
+    try:
+        return sa.engine.make_url(database_url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(not a valid database URL)"
+
+
+def unreachable(database_url: str, exc: sa.exc.SQLAlchemyError) -> StoreUnavailable:
+    """A short StoreUnavailable for a database that cannot be used: which one, and the driver's first
+    line (never a traceback; driver messages name host and port, never the password)."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return StoreUnavailable(f"the database {masked_url(database_url)} cannot be used: {reason}")
+
+
 def _postgresql_fast(dbapi_connection: Any, _record: Any) -> None:
     autocommit = dbapi_connection.autocommit
     dbapi_connection.autocommit = True
@@ -161,8 +198,6 @@ def create_schema(engine: sa.Engine, tables: tuple[sa.Table, ...] | None = None)
     """Create missing tables (all, or these) and record the schema version (idempotent, safe across
     workers)."""
     if engine.url.get_backend_name() == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        from pathlib import Path
-
         Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(SCHEMA_ATTEMPTS):
         try:

@@ -34,6 +34,7 @@ from flask import request
 
 from service import call_record
 from service.call_record import CallRecord
+from service.pipeline import SERVICES
 from service.security.pseudonyms import patient_hash
 from service.services import services_of
 from service.web import errors as web_errors
@@ -101,14 +102,43 @@ def _observe(status: int, response: Response | None) -> None:
         fields = _request_fields(endpoint, service, status, seconds)
         if response is not None and status >= 400:
             fields.update(_error_fields(response))
+        if status == 404:
+            fields["path"] = loggable_path(request.path)  # what was asked for (ids and names hashed)
         fields.update(_call_fields())
         _count(endpoint, service, status, seconds)
     except Exception:
         log.exception("request %s: could not observe the request", web_errors.request_id())
         return
     level = logging.WARNING if status >= 500 else logging.INFO
-    route = request.url_rule.rule if request.url_rule is not None else "-"  # never the raw path
+    # The route, not the raw path (it may carry ids); a 404 names its path in the shape loggable_path gives.
+    route = request.url_rule.rule if request.url_rule is not None else fields.get("path", "-")
+    if status == 404 and request.url_rule is not None:
+        route = f"{route} ({fields['path']})"  # e.g. an unknown service id
     log.log(level, "%s %s %d", request.method, route, status, extra={"fields": fields})
+
+
+# Path segments logged as they are: the service's own words. Any other segment may be an id or a
+# name (an EHR misconfigured to send FHIR reads here asks for /Patient/<id>), so it is logged as a
+# salted hash, which still shows whether two 404s asked for the same thing.
+_OWN_SEGMENTS = frozenset({"cds-services", "feedback", "healthz", "readyz", "metrics", "openapi.json", *SERVICES})
+# The first segment, when it looks like a word of a URL scheme (lower case, no digits run), is kept too:
+# a mistyped base path ("/cds-service", "/api/cds-services") is the usual 404.
+_BASE_WORD = re.compile(r"[a-z][a-z._-]{0,39}")
+MAX_LOGGED_SEGMENTS = 8
+
+
+def loggable_path(path: str) -> str:
+    """The request path as a 404 log line shows it: our own words and a lowercase first segment as
+    they are, every other segment as ``#`` + 8 hex characters of its salted hash."""
+    salt = services_of(current_app).settings.patient_hash_salt
+    segments = path.split("/")[1:]
+    shown = [
+        seg if seg in _OWN_SEGMENTS or (n == 0 and _BASE_WORD.fullmatch(seg)) or seg == ""
+        else "#" + patient_hash(salt, seg)[:8]
+        for n, seg in enumerate(segments[:MAX_LOGGED_SEGMENTS])
+    ]
+    more = "/..." if len(segments) > MAX_LOGGED_SEGMENTS else ""
+    return "/" + "/".join(shown) + more
 
 
 def _service_label() -> str:

@@ -90,12 +90,12 @@ EXPECTED: dict[str, tuple[list[str], str | None, str | None]] = {
 FIXTURE_NAMES = sorted(EXPECTED)
 
 
-def evaluate(data: dict[str, Any]) -> pipeline.Evaluation:
-    return EVALUATOR.evaluate(parse_request(data, hook=data["hook"]), AS_OF)
+def evaluate(data: dict[str, Any], *, from_sandbox: bool = False) -> pipeline.Evaluation:
+    return EVALUATOR.evaluate(parse_request(data, hook=data["hook"], sandbox_quirks=from_sandbox), AS_OF)
 
 
 def response_of(name: str) -> dict[str, Any]:
-    return evaluate(load_request(name)).response
+    return evaluate(load_request(name), from_sandbox=name.startswith("sandbox-")).response
 
 
 def draft(data: dict[str, Any], n: int = 0) -> dict[str, Any]:
@@ -211,7 +211,7 @@ def test_suggested_resources_are_valid(name: str) -> None:
 
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
 def test_at_most_one_rating_card_per_order(name: str) -> None:
-    evaluation = evaluate(load_request(name))
+    evaluation = evaluate(load_request(name), from_sandbox=name.startswith("sandbox-"))
     rating_cards = [c for c in evaluation.response["cards"] if topic(c) in RATING_RULES]
     assert len(rating_cards) <= evaluation.orders_reviewed
 

@@ -15,6 +15,7 @@ from pytest_httpserver import HTTPServer
 
 from service import errors
 from service.config import IssuerSettings
+from service.config import Profile
 from service.security import jwt as jwt_check
 from service.security import keys
 from service.security.replay import ReplayCache
@@ -63,7 +64,8 @@ CASES = {
     "kid-missing": ("ES384", {"kid": REMOVE}, {}, "no kid"),
     "kid-of-rsa-key-with-es384": ("ES384", {"kid": RSA_KID}, {}, "does not fit"),
     "kid-of-ec-key-with-rs384": ("RS384", {"kid": EC_KID}, {}, "does not fit"),
-    "jku-on-a-file-issuer": ("ES384", {"jku": "https://ehr.example.org/jwks.json"}, {}, "jku"),
+    # keys pinned in a file: the token's jku is ignored (nothing is fetched, the kid picks a pinned key)
+    "jku-on-a-file-issuer-ignored": ("ES384", {"jku": "https://ehr.example.org/jwks.json"}, {}, None),
     "crit-unknown": ("ES384", {"crit": ["exp-ext"], "exp-ext": 1}, {}, "Unsupported critical extension"),
     "tenant-ignored-when-not-configured": ("ES384", {}, {"tenant": "anything"}, None),
     "tenant-allowed": ("ES384", {}, {"iss": ISS_TENANTS, "tenant": "t2"}, None),
@@ -207,6 +209,36 @@ def test_jwks_url_keys_are_fetched_once_and_cached(url_verifier, sign, httpserve
     for alg in ("ES384", "RS384", "ES384"):
         url_verifier.verify("Bearer " + sign(alg), AUDIENCE)
     assert len(httpserver.log) == 1
+
+
+def test_jku_on_a_file_issuer_cannot_bring_its_own_key(verifier, sign, rogue_key, httpserver):
+    httpserver.expect_request("/jwks.json").respond_with_json({"keys": [public_jwk(rogue_key, EC_KID)]})
+    token = sign(header={"jku": httpserver.url_for("/jwks.json")}, key=rogue_key)
+    with pytest.raises(errors.NotAuthenticated, match="InvalidSignatureError"):
+        verifier.verify("Bearer " + token, AUDIENCE)
+    assert len(httpserver.log) == 0  # never fetched
+
+
+def test_wrong_audience_reason_names_the_expected_one(verifier, sign):
+    with pytest.raises(errors.NotAuthenticated) as caught:
+        verifier.verify("Bearer " + sign(claims={"aud": "http://10.0.0.5:8000/cds-services/order-select"}), AUDIENCE)
+    assert f"expected '{AUDIENCE}'" in caught.value.message
+    assert "http://10.0.0.5:8000/cds-services/order-select" in caught.value.message
+
+
+def test_shipped_keys_verify_offline_when_the_jku_is_the_issuers_own(jwks_file, sign, black_hole, engine):
+    """The development profile's sandbox issuer: a jwks_url (that cannot be reached here) and the
+    shipped keys; a token whose jku is that URL verifies with the shipped key, without a fetch."""
+    issuer = IssuerSettings(iss=ISS, jwks_url=black_hole, jwks_file=jwks_file)
+    verifier = jwt_check.TokenVerifier(make_settings(issuer, profile=Profile.DEVELOPMENT), ReplayCache(engine))
+    try:
+        started = time.monotonic()
+        assert verifier.verify("Bearer " + sign(header={"jku": black_hole}), AUDIENCE).iss == ISS
+        assert time.monotonic() - started < 1.0  # the black hole would hold a fetch for 2 s
+        with pytest.raises(errors.NotAuthenticated, match="not its configured jwks_url"):
+            verifier.verify("Bearer " + sign(header={"jku": "https://elsewhere.example/jwks.json"}), AUDIENCE)
+    finally:
+        verifier.close()
 
 
 def test_jku_equal_to_the_configured_url_is_honoured(url_verifier, sign, httpserver):

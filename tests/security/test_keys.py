@@ -297,3 +297,26 @@ def test_a_new_key_under_the_same_kid_replaces_the_bound_one(httpserver, jwks, r
     after = store.key(issuer, EC_KID, "ES384")
     assert after.key.public_numbers() == rogue_key.public_key().public_numbers()
     assert before.key.public_numbers() != after.key.public_numbers()
+
+
+def test_the_shipped_sandbox_key_is_public_and_the_sandboxs():
+    """The development profile verifies sandbox tokens offline with this file: the sandbox's public
+    key only (no `d`), the key production refuses everywhere."""
+    import json
+
+    from service import config
+
+    document = json.loads(config.SANDBOX_JWKS_FILE.read_text())
+    [jwk] = document["keys"]
+    assert "d" not in jwk
+    assert jwk["kid"] == "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f" and jwk["alg"] == "ES384"
+    assert (jwk["kty"], jwk["crv"], jwk["x"]) in keys.PUBLISHED_PRIVATE_KEYS
+    settings = config.load_settings(None, {"HOME": "/nonexistent"})
+    sandbox = settings.issuer(config.SANDBOX_ISSUER)
+    assert sandbox.jwks_file == config.SANDBOX_JWKS_FILE and sandbox.jwks_url == config.SANDBOX_JWKS_URL
+    store = keys.KeyStore([sandbox])  # nothing fetched: the key is found in the shipped set
+    try:
+        assert store.key(sandbox, jwk["kid"], "ES384") is not None
+        assert store.key_set(sandbox) is None  # the URL was never fetched
+    finally:
+        store.close()

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from datetime import datetime
+from datetime import timedelta
 from datetime import timezone
 
 import pytest
@@ -19,6 +20,8 @@ from service.store import report
 from service.store import schema
 from tests.store import databases
 from tests.store.recording import record_feedback
+
+NO_DEDUP = timedelta(0)  # every card its own decision: these tests are about feedback, not re-fires (test_report.py)
 
 
 @pytest.fixture(params=databases.KINDS)
@@ -102,14 +105,15 @@ def test_round_trip(engine, store):
     a, b, c = issue(store), issue(store), issue(store, rule_id="no-indication")
     stored = record_feedback(store, "order-select", {"feedback": [accepted(a), overridden(b), overridden(c, comment="ok")]})
     assert stored == 3
-    assert report.build_report(engine) == {
+    assert report.build_report(engine, dedup=NO_DEDUP) == {
         "rules": {
-            "acute-uncomplicated": {"cards": 2, "accepted": 1, "overridden": 1,
+            "acute-uncomplicated": {"cards": 2, "refires": 0, "accepted": 1, "overridden": 1,
                                     "override_reasons": {"patient-preference": 1}, "acceptance_rate": 0.5},
-            "no-indication": {"cards": 1, "accepted": 0, "overridden": 1,
+            "no-indication": {"cards": 1, "refires": 0, "accepted": 0, "overridden": 1,
                               "override_reasons": {"patient-preference": 1}, "acceptance_rate": 0.0},
         },
         "cards_total": 3,
+        "refires_total": 0,
         "feedback_total": 3,
     }
 
@@ -148,7 +152,12 @@ def test_feedback_fields_are_stored(engine, store):
 BAD_ITEMS = {
     "missing outcome": (lambda c, o: {k: v for k, v in accepted(c).items() if k != "outcome"}, "feedback[1].outcome"),
     "outcome maybe": (lambda c, o: {**accepted(c), "outcome": "maybe"}, "feedback[1].outcome"),
-    "unknown card": (lambda c, o: {**accepted(c), "card": str(uuid.uuid4()), "acceptedSuggestions": []}, "feedback[1].card"),
+    "unknown card": (lambda c, o: {**accepted(c), "card": str(uuid.uuid4())}, "feedback[1].card"),
+    # CDS Hooks 2.0: acceptedSuggestions is "Required for `accepted` outcomes"
+    "accepted without suggestions": (lambda c, o: {k: v for k, v in accepted(c).items() if k != "acceptedSuggestions"},
+                                     "feedback[1].acceptedSuggestions"),
+    "accepted with no suggestion": (lambda c, o: {**accepted(c), "acceptedSuggestions": []},
+                                    "feedback[1].acceptedSuggestions"),
     "card of another service": (lambda c, o: accepted(o), "feedback[1].card"),
     "suggestion of another card": (
         lambda c, o: {**accepted(c), "acceptedSuggestions": [{"id": str(uuid.uuid4())}]},
@@ -270,7 +279,7 @@ def test_concurrent_feedback_is_all_counted(engine, store):
         w.join()
     assert failures == []
     assert count(engine, schema.feedback) == threads * posts
-    result = report.build_report(engine)
+    result = report.build_report(engine, dedup=NO_DEDUP)
     assert result["cards_total"] == result["feedback_total"] == threads * posts
     assert sum(r["accepted"] for r in result["rules"].values()) == threads * 13
     assert sum(r["overridden"] for r in result["rules"].values()) == threads * 12
@@ -304,7 +313,7 @@ def test_restart_loses_nothing(database_url):
     schema.create_schema(engine)  # a second start on an existing schema changes nothing
     second = card_store.CardStore(engine, salt="s")
     try:
-        result = report.build_report(engine)
+        result = report.build_report(engine, dedup=NO_DEDUP)
         assert (result["cards_total"], result["feedback_total"]) == (5, 3)
         # Cards issued before the restart still take feedback.
         assert record_feedback(second, "order-select", {"feedback": [overridden(cards[4])]}) == 1
@@ -408,7 +417,7 @@ def test_unknown_card_waits_about_a_second(engine):
         started = time.perf_counter()
         with pytest.raises(errors.InvalidRequest, match="unknown card"):
             record_feedback(store, "order-select", {"feedback": [
-                {"card": str(uuid.uuid4()), "outcome": "accepted", "outcomeTimestamp": "2025-03-03T10:00:00Z"}]})
+                {"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": "2025-03-03T10:00:00Z"}]})
         assert 0.9 <= time.perf_counter() - started < 3
     finally:
         store.close()

@@ -1,5 +1,6 @@
 """service/store/report.py: counting, date windows, and the text and HTML renderings."""
 
+import dataclasses
 import json
 import re
 import uuid
@@ -46,27 +47,34 @@ def store(engine, clock):
     store.close()
 
 
-def issue(store, rule_id="acute-uncomplicated", *, on=None, clock=None):
+def issue(store, rule_id="acute-uncomplicated", *, on=None, clock=None, patient=None, hook_instance=None,
+          service="order-select"):
     if on is not None:
         clock.now = on
     card = card_store.IssuedCard(
-        card_uuid=str(uuid.uuid4()), suggestion_uuids=(str(uuid.uuid4()),), service_id="order-select",
-        rule_id=rule_id, indicator="warning", rating=None, hook_instance=str(uuid.uuid4()),
-        issuer="https://ehr.example.org", tenant=None, patient_id=None)
+        card_uuid=str(uuid.uuid4()), suggestion_uuids=(str(uuid.uuid4()),), service_id=service,
+        rule_id=rule_id, indicator="warning", rating=None, hook_instance=hook_instance or str(uuid.uuid4()),
+        issuer="https://ehr.example.org", tenant=None, patient_id=patient)
     store.record_cards([card])
     return card
 
 
 def give(store, card, outcome, at="2025-03-03T10:00:00Z", code=None):
     item = {"card": card.card_uuid, "outcome": outcome, "outcomeTimestamp": at}
+    if outcome == "accepted":
+        item["acceptedSuggestions"] = [{"id": card.suggestion_uuids[0]}]
     if code is not None:
         item["overrideReason"] = {"reason": {"code": code, "system": "http://example.org/o"}}
     record_feedback(store, "order-select", {"feedback": [item]})
 
 
+SCOPE = report.Scope(database="sqlite:////srv/cds.db", generated_at=datetime(2025, 4, 1, 12, 0, tzinfo=timezone.utc),
+                     labels={"patient-specific": "Patient-specific reason (see comment)"})
+
+
 def test_empty_store(engine):
-    assert report.build_report(engine) == {"rules": {}, "cards_total": 0, "feedback_total": 0}
-    assert "No cards issued" in report.render_html(engine, report.build_report(engine))
+    assert report.build_report(engine) == {"rules": {}, "cards_total": 0, "refires_total": 0, "feedback_total": 0}
+    assert "No cards issued" in report.render_html(engine, report.build_report(engine), SCOPE)
 
 
 def test_shape_and_counts(engine, store):
@@ -78,11 +86,12 @@ def test_shape_and_counts(engine, store):
     result = report.build_report(engine)
     assert result == {
         "rules": {
-            "acute-uncomplicated": {"cards": 4, "accepted": 1, "overridden": 3,
+            "acute-uncomplicated": {"cards": 4, "refires": 0, "accepted": 1, "overridden": 3,
                                     "override_reasons": {"already-imaged": 2}, "acceptance_rate": 0.25},
-            "no-indication": {"cards": 1, "accepted": 0, "overridden": 0, "override_reasons": {}},
+            "no-indication": {"cards": 1, "refires": 0, "accepted": 0, "overridden": 0, "override_reasons": {}},
         },
         "cards_total": 5,
+        "refires_total": 0,
         "feedback_total": 4,
     }
 
@@ -132,20 +141,27 @@ def test_weekly_outcomes(engine, store, clock):
     assert [w.cards for w in weeks["no-indication"]] == [0, 1, 0]
 
 
-def test_render_text(engine, store):
+def test_render_text_says_what_it_describes(engine, store):
     card = issue(store)
-    give(store, card, "overridden", code="patient-preference")
-    text = report.render_text(report.build_report(engine), since=date(2025, 3, 1))
-    assert "since 2025-03-01" in text
-    assert re.search(r"acute-uncomplicated\s+1\s+0\s+1\s+0 %", text)
-    assert "override reason patient-preference: 1" in text
+    give(store, card, "overridden", code="patient-specific")
+    other = issue(store)
+    give(store, other, "overridden", code="not-in-the-table")
+    scope = dataclasses.replace(SCOPE, since=date(2025, 3, 1))
+    text = report.render_text(report.build_report(engine), scope)
+    assert "database:  sqlite:////srv/cds.db" in text
+    assert "period:    cards issued since 2025-03-01 (UTC days)" in text
+    assert "generated: 2025-04-01 12:00:00 UTC" in text
+    assert "within 10 minutes counts once" in text
+    assert re.search(r"acute-uncomplicated\s+2\s+0\s+0\s+2\s+0 % \(0 of 2\)", text)  # counts beside the rate
+    assert "override reason Patient-specific reason (see comment) (patient-specific): 1" in text  # the label
+    assert "override reason not-in-the-table: 1" in text  # a code the table does not know: as it is
 
 
 def test_render_html_is_self_contained_and_escaped(engine, store, clock):
     for week in range(3):
         card = issue(store, on=datetime(2025, 3, 3, tzinfo=timezone.utc) + timedelta(weeks=week), clock=clock)
         give(store, card, "overridden", code="<script>alert(1)</script>")
-    page = report.render_html(engine, report.build_report(engine))
+    page = report.render_html(engine, report.build_report(engine), SCOPE)
     assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 1
     assert "<script" not in page and "&lt;script&gt;" in page
     external = re.findall(r"(?:src|href)\s*=|url\(|@import|https?://(?!www\.w3\.org/2000/svg)", page)
@@ -154,6 +170,69 @@ def test_render_html_is_self_contained_and_escaped(engine, store, clock):
 
 
 # --- the command ------------------------------------------------------------------------------------
+
+
+def test_render_html_labels_counts_and_y_axis(engine, store, clock):
+    monday = datetime(2025, 3, 3, 9, 0, tzinfo=timezone.utc)
+    for n in range(7):
+        card = issue(store, on=monday + timedelta(hours=n), clock=clock)
+        if n < 3:
+            give(store, card, "accepted")
+        elif n < 5:
+            give(store, card, "overridden", code="patient-specific")
+    store.flush()
+    page = report.render_html(engine, report.build_report(engine), SCOPE)
+    assert "Patient-specific reason (see comment) (patient-specific): 2" in page
+    assert "60 % (3 of 5)" in page
+    assert re.findall(r'<text class="tick"[^>]*>(\d+)</text>', page) == ["0", "2", "4", "6", "8"]
+    assert "sqlite:////srv/cds.db" in page and "2025-04-01 12:00:00 UTC" in page
+
+
+@pytest.mark.parametrize(("highest", "ticks"), [
+    (0, [0, 1]), (3, [0, 1, 2, 3]), (6, [0, 1, 2, 3, 4, 5, 6]), (7, [0, 2, 4, 6, 8]), (23, [0, 5, 10, 15, 20, 25]),
+    (99, [0, 20, 40, 60, 80, 100]), (1234, [0, 500, 1000, 1500]),
+])
+def test_y_ticks(highest, ticks):
+    assert report.y_ticks(highest) == ticks
+
+
+# --- re-fires: the same decision sent again counts once -------------------------------------------
+
+
+def test_refires_of_the_same_order_count_once_with_their_latest_feedback(engine, store, clock):
+    start = datetime(2025, 3, 3, 9, 0, tzinfo=timezone.utc)
+    cards = [issue(store, on=start + timedelta(minutes=3 * n), clock=clock, patient="p1") for n in range(4)]
+    give(store, cards[0], "overridden", at="2025-03-03T09:01:00Z", code="patient-specific")
+    give(store, cards[3], "accepted", at="2025-03-03T09:10:00Z")  # on the last re-fire, later
+    store.flush()
+    entry = report.build_report(engine)["rules"]["acute-uncomplicated"]
+    assert (entry["cards"], entry["refires"], entry["accepted"], entry["overridden"]) == (1, 3, 1, 0)
+    assert report.build_report(engine, dedup=timedelta(0))["rules"]["acute-uncomplicated"]["cards"] == 4
+
+
+def test_what_is_not_a_refire(engine, store, clock):
+    start = datetime(2025, 3, 3, 9, 0, tzinfo=timezone.utc)
+    issue(store, on=start, clock=clock, patient="p1")
+    issue(store, on=start + timedelta(minutes=11), clock=clock, patient="p1")              # past the window
+    issue(store, on=start + timedelta(minutes=12), clock=clock, patient="p2")              # another patient
+    issue(store, "no-indication", on=start + timedelta(minutes=13), clock=clock, patient="p1")  # another rule
+    issue(store, on=start + timedelta(minutes=14), clock=clock, patient="p1", service="order-sign")  # another hook
+    issue(store, on=start + timedelta(minutes=15), clock=clock)                            # no patient known
+    issue(store, on=start + timedelta(minutes=16), clock=clock)
+    store.flush()
+    result = report.build_report(engine)
+    assert (result["cards_total"], result["refires_total"]) == (7, 0)
+
+
+def test_two_orders_in_one_call_are_two_decisions_and_their_refire_joins_them(engine, store, clock):
+    start = datetime(2025, 3, 3, 9, 0, tzinfo=timezone.utc)
+    first, second = "call-1", "call-2"
+    for hook_instance, minute in ((first, 0), (second, 2)):
+        for _ in range(2):  # two MRI orders, same rule
+            issue(store, on=start + timedelta(minutes=minute), clock=clock, patient="p1", hook_instance=hook_instance)
+    store.flush()
+    entry = report.build_report(engine)["rules"]["acute-uncomplicated"]
+    assert (entry["cards"], entry["refires"]) == (2, 2)
 
 
 def test_report_command(engine, store, tmp_path):
@@ -168,7 +247,11 @@ def test_report_command(engine, store, tmp_path):
     runner = CliRunner()
     answer = runner.invoke(cli, ["report", "--json"], env=env, catch_exceptions=False)
     assert answer.exit_code == 0
-    assert json.loads(answer.output) == report.build_report(engine)
+    printed = json.loads(answer.output)
+    assert {k: printed[k] for k in ("rules", "cards_total", "refires_total", "feedback_total")} == report.build_report(engine)
+    assert printed["database"] == engine.url.render_as_string(hide_password=True)
+    assert (printed["since"], printed["until"], printed["dedup_minutes"]) == (None, None, 10)
+    assert printed["generated_at"].endswith("+00:00")
 
     page = tmp_path / "report.html"
     answer = runner.invoke(cli, ["report", "--since", "2025-03-01", "--until", "2025-03-31", "--html", str(page)],
@@ -180,3 +263,46 @@ def test_report_command(engine, store, tmp_path):
     answer = runner.invoke(cli, ["report", "--json", "--since", "2025-04-01"], env=env, catch_exceptions=False)
     assert json.loads(answer.output)["cards_total"] == 0
     assert runner.invoke(cli, ["report", "--since", "March"], env=env).exit_code == 2
+
+
+def test_report_refuses_since_after_until(engine):
+    from click.testing import CliRunner
+
+    from service.cli import cli
+
+    env = {"LUMBAR_MRI_CDS_CONFIG": "", "LUMBAR_MRI_CDS_DATABASE_URL": engine.url.render_as_string(hide_password=False)}
+    answer = CliRunner().invoke(cli, ["report", "--since", "2025-03-10", "--until", "2025-03-01"], env=env)
+    assert answer.exit_code == 2
+    assert "--since 2025-03-10 is after --until 2025-03-01" in answer.output
+
+
+def test_report_does_not_create_an_empty_default_database(tmp_path, capsys):
+    from service.cli import main
+
+    env_before = dict(__import__("os").environ)
+    try:
+        __import__("os").environ.update({"XDG_DATA_HOME": str(tmp_path), "LUMBAR_MRI_CDS_CONFIG": ""})
+        __import__("os").environ.pop("LUMBAR_MRI_CDS_DATABASE_URL", None)
+        with pytest.raises(SystemExit) as exited:
+            main(["report"])
+    finally:
+        __import__("os").environ.clear()
+        __import__("os").environ.update(env_before)
+    assert exited.value.code == 5
+    assert f"no database at {tmp_path / 'lumbar-mri-cds' / 'lumbar-mri-cds.db'}" in capsys.readouterr().err
+    assert not (tmp_path / "lumbar-mri-cds").exists()
+
+
+def test_report_on_a_database_the_service_never_used(tmp_path, capsys):
+    from service.cli import main
+
+    import sqlite3
+
+    sqlite3.connect(tmp_path / "other.db").close()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LUMBAR_MRI_CDS_CONFIG", "")
+        mp.setenv("LUMBAR_MRI_CDS_DATABASE_URL", f"sqlite:///{tmp_path / 'other.db'}")
+        with pytest.raises(SystemExit) as exited:
+            main(["report"])
+    assert exited.value.code == 5
+    assert "has no cards table" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 import threading
 import uuid
 from datetime import date
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -15,6 +16,8 @@ from tests import fhir
 from tests.conftest import ISSUER
 from tests.conftest import with_settings
 from tests.store import databases
+
+NO_DEDUP = timedelta(0)  # every card its own decision: these tests are about feedback, not re-fires (test_report.py)
 
 PATH = "/cds-services/order-select/feedback"
 
@@ -60,9 +63,9 @@ def test_round_trip(client, signer, services):
     answer = client.post(PATH, json=body, headers=signer.headers(PATH))
     assert answer.status_code == 200
     assert answer.data == b"" and "Content-Type" not in answer.headers
-    result = report.build_report(services.engine)
+    result = report.build_report(services.engine, dedup=NO_DEDUP)
     assert result["rules"]["acute-uncomplicated"] == {
-        "cards": 2, "accepted": 1, "overridden": 1, "override_reasons": {"patient-preference": 1},
+        "cards": 2, "refires": 0, "accepted": 1, "overridden": 1, "override_reasons": {"patient-preference": 1},
         "acceptance_rate": 0.5}
 
 
@@ -83,7 +86,7 @@ def test_feedback_on_cards_from_a_real_hook_call(client, signer, services):
     # Straight after the hook answer: the card rows may still be on their way to the database.
     answer = client.post(PATH, json=body, headers=signer.headers(PATH))
     assert answer.status_code == 200, answer.get_data(as_text=True)
-    result = report.build_report(services.engine)
+    result = report.build_report(services.engine, dedup=NO_DEDUP)
     rules = result["rules"]
     assert rules[rated["source"]["topic"]["code"]]["accepted"] == 1
     assert result["cards_total"] == len(cards) and result["feedback_total"] == len(cards)
@@ -184,6 +187,21 @@ def test_concurrent_posts_are_all_counted(app, signer, services):
     for w in workers:
         w.join()
     assert statuses == [200] * threads * posts
-    result = report.build_report(services.engine)
+    result = report.build_report(services.engine, dedup=NO_DEDUP)
     assert (result["cards_total"], result["feedback_total"]) == (threads * posts, threads * posts)
     assert result["rules"]["acute-uncomplicated"]["accepted"] == threads * 13
+
+
+@pytest.mark.parametrize("suggestions", [None, []], ids=["absent", "empty"])
+def test_accepted_without_accepted_suggestions_is_refused(client, signer, services, suggestions):
+    """CDS Hooks 2.0: acceptedSuggestions is "Required for `accepted` outcomes"."""
+    card = issue(services)
+    entry = {k: v for k, v in item(card).items() if k != "acceptedSuggestions"}
+    if suggestions is not None:
+        entry["acceptedSuggestions"] = suggestions
+    answer = client.post(PATH, json={"feedback": [entry]}, headers=signer.headers(PATH))
+    assert answer.status_code == 400
+    issue_ = answer.get_json()["issue"][0]
+    assert issue_["expression"] == ["feedback[0].acceptedSuggestions"]
+    assert "is required when outcome is 'accepted'" in issue_["diagnostics"]
+    assert stored(services) == 0

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import date
 
 import pytest
 
+from service import config
+from service.app import create_app
+from service.app import services_of
 from tests import fhir
 
 SELECT = "/cds-services/order-select"
@@ -86,11 +90,53 @@ def test_no_criteria_apply_is_rated_without_a_card(client, signer):
     assert ext["pama-rating"]["valueCodeableConcept"]["coding"][0]["code"] == "no-criteria-apply"
 
 
+@pytest.fixture
+def sandbox(settings, jwks_file, signer):
+    """A development-profile app and a signer whose tokens carry the sandbox's `iss` (the test key
+    stands in for the sandbox's, whose private half this repository does not hold)."""
+    issuer = config.IssuerSettings(iss=config.SANDBOX_ISSUER, jwks_file=jwks_file, any_fhir_server=True)
+    app = create_app(replace(settings, profile=config.Profile.DEVELOPMENT, issuers=(issuer,)))
+    yield app.test_client(), replace(signer, iss=config.SANDBOX_ISSUER)
+    services_of(app).close()
+
+
 @pytest.mark.parametrize("name", SANDBOX_SHAPES)
-def test_what_the_sandbox_really_sends_gets_empty_cards(client, signer, name):
+def test_what_the_sandbox_really_sends_gets_empty_cards(sandbox, name):
+    client, sandbox_signer = sandbox
+    response = post(client, sandbox_signer, SELECT, fhir.load_request(name))
+    assert response.status_code == 200
+    assert response.get_json() == {"cards": []}
+
+
+@pytest.mark.parametrize("name", [n for n in SANDBOX_SHAPES if n != "sandbox-no-draft-orders"])
+def test_the_sandboxs_other_odd_shapes_get_empty_cards_from_any_ehr(client, signer, name):
     response = post(client, signer, SELECT, fhir.load_request(name))
     assert response.status_code == 200
     assert response.get_json() == {"cards": []}
+
+
+@pytest.mark.parametrize(("drop", "named"), [
+    (["selections", "draftOrders"], "context.selections"),
+    (["selections"], "context.selections"),
+    (["draftOrders"], "context.draftOrders"),
+])
+def test_order_select_without_selections_or_draft_orders_is_a_clear_400(client, signer, drop, named):
+    """CDS Hooks requires both for order-select; an empty answer would hide a client's bug."""
+    request = fhir.load_request("acute-uncomplicated", shift_to=date.today())
+    for key in drop:
+        del request["context"][key]
+    response = post(client, signer, SELECT, request)
+    assert response.status_code == 400
+    issue = response.get_json()["issue"][0]
+    assert issue["expression"] == [named]
+    assert "required for the order-select hook" in issue["diagnostics"]
+
+
+def test_order_sign_needs_no_selections(client, signer):
+    request = fhir.load_request("acute-uncomplicated", shift_to=date.today())
+    request["hook"] = "order-sign"
+    del request["context"]["selections"]
+    assert topics(post(client, signer, SIGN, request)) == ["acute-uncomplicated"]
 
 
 def test_order_sign_reviews_every_draft_lumbar_mri(client, signer):

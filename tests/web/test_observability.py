@@ -349,3 +349,37 @@ def test_serve_writes_one_json_line_per_request_on_stderr(tmp_path, jwks_file, s
     assert "Testperson" not in stderr and "Bearer" not in stderr
     uuid.UUID(requests_logged[-1]["request_id"])
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT.*", lines[0]["time"])
+
+
+# --- 404s say what was asked for ---------------------------------------------------------------
+
+
+def hashed(segment):
+    return "#" + hmac.new(SALT.encode(), segment.encode(), hashlib.sha256).hexdigest()[:8]
+
+
+@pytest.mark.parametrize(("path", "logged"), [
+    ("/cds-service", "/cds-service"),                                    # a typo in the base path
+    ("/api/cds-services", "/api/cds-services"),                          # a base path too many
+    ("/cds-services/order-selekt", f"/cds-services/{hashed('order-selekt')}"),  # an unknown service id
+    ("/Patient/Testperson", f"/{hashed('Patient')}/{hashed('Testperson')}"),  # a name never reaches the log
+    ("/cds-services/a\x1b[31m/feedback", f"/cds-services/{hashed(chr(27).join(['a', '[31m']))}/feedback"),
+    ("/a" * 20, "/a" + "".join(f"/{hashed('a')}" for _ in range(7)) + "/..."),  # cut short
+])
+def test_a_404_log_line_names_the_path(client, signer, request_lines, path, logged):
+    if path.startswith("/cds-services/"):
+        answer = post(client, signer, {"hook": "order-select"}, path=path)
+    else:
+        answer = client.get(path)
+    assert answer.status_code == 404
+    (line,) = [l for l in request_lines() if l["status"] == 404]
+    assert line["path"] == logged
+    assert logged in line["message"]
+    assert "Testperson" not in json.dumps(line)
+
+
+def test_discovery_answers_with_a_trailing_slash_too(client, request_lines):
+    plain, slashed = client.get("/cds-services"), client.get("/cds-services/")
+    assert slashed.status_code == 200
+    assert slashed.get_json() == plain.get_json()
+    assert [l["endpoint"] for l in request_lines()] == ["discovery", "discovery"]
