@@ -2,7 +2,7 @@
 
 Errors become exit codes in one place (``main``), as click's ``Command.main`` does; the codes are
 fixed and tested: 0 ok, 1 unexpected, 2 configuration, 3 invalid request, 4 data unobtainable,
-5 store unavailable.
+5 store unavailable, 6 bulk export missing, malformed or not obtainable.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import orjson
 
 from service import config
 from service import config_check
+from service.audit import command as audit_command
 from service.errors import ConfigError
 from service.errors import InvalidRequest
 from service.errors import ServiceError
@@ -48,6 +49,9 @@ def load(config_file: Path | None) -> config.Settings:
 @click.version_option(package_name="lumbar-mri-cds")
 def cli() -> None:
     """A CDS Hooks service that reviews lumbar spine MRI orders against imaging guidelines."""
+
+
+cli.add_command(audit_command.audit)
 
 
 @cli.command("check-config")

@@ -11,7 +11,8 @@ click's exceptions carry ``exit_code``. ``web/errors.py`` is the one place they 
     ├── DataUnobtainable      412  neither prefetch nor the FHIR server gave what the rules need
     ├── StoreUnavailable      503  the database cannot be reached
     ├── DeadlineExceeded      503  the call can no longer be answered within its deadline
-    └── AddressInUse               `serve`: the host and port are taken
+    ├── AddressInUse               `serve`: the host and port are taken
+    └── ExportError                the audit's bulk export is missing, malformed or not obtainable
     ConfigError                    the configuration is unusable (start-up, check-config)
 """
 
@@ -75,6 +76,14 @@ class StoreUnavailable(ServiceError):
 
 class AddressInUse(ServiceError):
     """`serve` cannot listen: another process holds the host and port."""
+
+
+class ExportError(ServiceError):
+    """The audit's FHIR bulk export is missing, malformed (the message names file and line) or could
+    not be obtained from the FHIR server."""
+
+    issue_code = "invalid"
+    exit_code = 6
 
 
 class ConfigError(Exception):

@@ -69,6 +69,7 @@ class Evaluation:
     ratings: dict[str, str] = field(default_factory=dict)    # rule id -> rating, for logs and metrics
     orders_reviewed: int = 0
     record: prefetch.PatientRecord | None = None
+    decisions: list[engine.Decision] = field(default_factory=list)  # one per order reviewed (the audit reads them)
 
 
 class Evaluator:
@@ -114,6 +115,7 @@ class Evaluator:
                 continue
             seen.add(facts.order.reference)
             decision = engine.decide(self.table, facts)
+            evaluation.decisions.append(decision)
             rendered, action = render.render_decision(decision, self.table, self.prepared)
             evaluation.cards.extend(rendered)
             if decision.rule is not None:

@@ -34,6 +34,7 @@ KNOWN = {"prednisone": ("8640", {"glucocorticoid_medication"}), "cyclobenzaprine
         ("hydrocodone bitartrate 10 MG / ibuprofen 200 MG Oral Tablet", ["hydrocodone bitartrate", "ibuprofen"]),
         ("1 ML ketorolac tromethamine 15 MG/ML Cartridge", ["ketorolac tromethamine"]),  # not listed: name kept
         ("ibuprofen 200 MG Oral Tablet [Advil]", ["ibuprofen"]),
+        ("Once-Daily diclofenac epolamine 0.013 MG/MG Medicated Patch", ["diclofenac epolamine"]),  # dosing prefix
     ],
 )
 def test_rxnorm_names_give_their_ingredients(name: str, ingredients: list[str]) -> None:

@@ -602,8 +602,9 @@ def _load_rxnorm(path: Path) -> dict[str, Any]:
         if ing is not None and ing not in ingredients:
             raise ValueError(f"{where}: ingredient {ing!r} is not listed under \"ingredients\"")
         atc[normalize_icd10(code)] = (raw["name"], ing)
-    rx_sources = {
-        sid: _list_source(raw, "http://www.nlm.nih.gov/research/umls/rxnorm", f"{path.name}: source {sid!r}", 0)
+    rx_sources = {  # a list taken by ingredient says so in its "filter"
+        sid: replace(_list_source(raw, "http://www.nlm.nih.gov/research/umls/rxnorm", f"{path.name}: source {sid!r}", 0),
+                     filter=str(raw.get("filter") or ""))
         for sid, raw in sources_raw.items()
     }
     return {"ingredients": ingredients, "products": products, "rx_sources": rx_sources, "atc": atc}
@@ -714,5 +715,5 @@ def _sources(
     for name, counts in product_sources.items():
         for sid, n in counts.items():
             s = term.rx_sources[sid]
-            out.setdefault(name, []).append(ListSource(s.system, s.title, s.reference, s.release, n))
+            out.setdefault(name, []).append(replace(s, codes=n))
     return out

@@ -209,7 +209,10 @@ def test_describe_names_each_snomed_list(vs: ValueSets) -> None:
         ("197969", {"glucocorticoid_medication"}, ("6902", "methylprednisolone")),
         ("828348", {"muscle_relaxant_medication", "conservative_medication"}, ("21949", "cyclobenzaprine")),
         ("197447", {"muscle_relaxant_medication", "conservative_medication"}, ("2101", "carisoprodol")),  # aspirin / carisoprodol
-        ("2627781", {"muscle_relaxant_medication", "conservative_medication"}, None),  # metaxalone: no listed ingredient
+        ("2627781", {"muscle_relaxant_medication", "conservative_medication"}, ("59078", "metaxalone")),
+        ("994528", {"muscle_relaxant_medication", "conservative_medication"}, ("7715", "orphenadrine")),  # with aspirin, caffeine
+        ("197807", {"nsaid_medication", "conservative_medication"}, ("5640", "ibuprofen")),  # ibuprofen 800 MG Oral Tablet
+        ("2385117", {"nsaid_medication", "conservative_medication"}, ("3355", "diclofenac")),  # Once-Daily patch
         ("197818", {"nsaid_medication", "conservative_medication"}, ("5781", "indomethacin")),
         ("859315", {"nsaid_medication", "conservative_medication"}, ("5640", "ibuprofen")),  # hydrocodone / ibuprofen
     ],
@@ -229,3 +232,11 @@ def test_every_product_names_its_source(vs: ValueSets) -> None:
         assert source["title"] and source["reference"] and "RxNorm" in source["release"], code
         assert product["concepts"], code
         assert set(product["concepts"]) <= set(vs.concepts(RXNORM, code)), code
+
+
+def test_a_list_taken_by_ingredient_says_so(vs: ValueSets) -> None:
+    """The NSAID products of a wider published list are named with the list and the filter that cut it down."""
+    summary = {s.name: s for s in vs.describe()}["nsaid_medication"]
+    lists = [s for s in summary.sources if s.system == RXNORM and s.title == "Non opioid pain medications"]
+    assert lists and lists[0].codes > 100 and "RxNorm 2020-12" in lists[0].release
+    assert "2.16.840.1.113762.1.4.1021.73" in lists[0].reference and "Ophthalmic" in lists[0].filter

@@ -192,6 +192,19 @@ MEMBERSHIP = [
     (RXNORM, "5640", "nsaid_medication", True),
     (RXNORM, "5640", "muscle_relaxant_medication", False),
     (RXNORM, "21949", "muscle_relaxant_medication", True),
+    # plain NSAID products (SCD), coded without their ingredient (VSAC "Non opioid pain medications")
+    (RXNORM, "197807", "nsaid_medication", True),          # ibuprofen 800 MG Oral Tablet
+    (RXNORM, "197807", "conservative_medication", True),
+    (RXNORM, "198014", "nsaid_medication", True),          # naproxen 500 MG Oral Tablet
+    (RXNORM, "855926", "nsaid_medication", True),          # diclofenac sodium 75 MG Delayed Release Oral Tablet
+    (RXNORM, "311486", "nsaid_medication", True),          # meloxicam 7.5 MG Oral Tablet
+    (RXNORM, "205323", "nsaid_medication", True),          # celecoxib 200 MG Oral Capsule
+    (RXNORM, "197686", "nsaid_medication", True),          # etodolac 400 MG Oral Tablet
+    (RXNORM, "197807", "muscle_relaxant_medication", False),
+    (RXNORM, "860107", "nsaid_medication", False),         # ketorolac eye drops: not a trial of NSAIDs
+    (RXNORM, "1088936", "muscle_relaxant_medication", True),  # chlorzoxazone 750 MG Oral Tablet
+    (RXNORM, "59078", "muscle_relaxant_medication", True),   # metaxalone (ingredient)
+    (RXNORM, "24605", "nsaid_medication", True),           # etodolac (ingredient)
     (ATC, "M01AE01", "nsaid_medication", True),            # ibuprofen, by ATC
     (ATC, "M01AE01", "conservative_medication", True),
     (ATC, "m03bx08", "muscle_relaxant_medication", True),
@@ -433,6 +446,11 @@ def test_display_is_the_official_title(vs: ValueSets, system: Any, code: Any, di
         (RXNORM, "8640", ("8640", "prednisone")),
         (RXNORM, " 21949 ", ("21949", "cyclobenzaprine")),
         (ATC, "H02AB", ("H02AB", "Glucocorticoids (corticosteroids for systemic use, plain)")),
+        (RXNORM, "197807", ("5640", "ibuprofen")),       # ibuprofen 800 MG Oral Tablet
+        (RXNORM, "197935", ("59078", "metaxalone")),     # metaxalone 400 MG Oral Tablet
+        (RXNORM, "197501", ("2410", "chlorzoxazone")),   # chlorzoxazone 250 MG Oral Tablet
+        (RXNORM, "994841", ("7715", "orphenadrine")),    # Orphenadrine Citrate 100 MG Oral Tablet
+        (RXNORM, "7715", ("7715", "orphenadrine")),
         (RXNORM, "1191", None),                 # aspirin: in no list
         (SCT, "386661006", None),
         (None, "8640", None),

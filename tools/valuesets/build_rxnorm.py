@@ -1,10 +1,12 @@
 """Build service/facts/terminology/rxnorm.json: RxNorm products (SCD/SBD and packs) with their ingredients.
 
     python tools/valuesets/build_rxnorm.py \\
-        --checkout cqframework/ecqm-content-qicore-2024=PATH --checkout cqframework/ecqm-content-r4=PATH
+        --checkout cqframework/ecqm-content-qicore-2024=PATH --checkout cqframework/ecqm-content-r4=PATH \\
+        --checkout cqframework/cds4cpm=PATH
 
-Sources: the NLM VSAC medication value sets published with the eCQMs (RxNorm product codes with their
-RxNorm names), read at the commits pinned in build_snomed.SOURCES:
+Sources: NLM VSAC medication value sets (RxNorm product codes with their RxNorm names) as published with
+the eCQMs and with the CDS for Chronic Pain Management IG, read at the commits pinned in
+build_snomed.SOURCES:
 
 - glucocorticoid_medication: "Glucocorticoids (oral only)" (systemic by route: oral products only);
 - muscle_relaxant_medication: "Potentially Harmful Skeletal Muscle Relaxants for Older Adults" and the
@@ -12,7 +14,11 @@ RxNorm names), read at the commits pinned in build_snomed.SOURCES:
   chlorzoxazone, metaxalone, orphenadrine);
 - nsaid_medication: "Potentially Harmful Pain Medications for Older Adults" (its indomethacin and ketorolac
   products), the ketorolac and indomethacin value sets, and every product of any eCQM medication value set
-  whose name contains an NSAID ingredient of valuesets.json (combination products included).
+  whose name contains an NSAID ingredient of valuesets.json (combination products included);
+- both, by ingredient (``BY_INGREDIENT``): the products of "Non opioid pain medications" (VSAC
+  2.16.840.1.113762.1.4.1021.73, generic SCDs) that contain an NSAID or muscle relaxant ingredient of
+  valuesets.json, eye drops left out: the plain ibuprofen, naproxen, diclofenac, meloxicam, celecoxib
+  ... tablets, capsules, suspensions, gels and patches.
 
 The ingredient is read from the RxNorm name, as RxNorm writes it: "prednisone 10 MG Oral Tablet" ->
 prednisone; "aspirin 325 MG / carisoprodol 200 MG Oral Tablet" -> aspirin, carisoprodol; packs
@@ -55,7 +61,14 @@ LISTS: tuple[tuple[str, str, str, str | None], ...] = (
     ("ecqm-r4", "2.16.840.1.113883.3.464.1003.196.12.1366", "nsaid_medication", None),
 )
 CONSERVATIVE_PARTS = frozenset({"nsaid_medication", "muscle_relaxant_medication"})
-POOL_CONCEPT = "nsaid_medication"   # products of any eCQM medication list that contain one of its ingredients
+POOL_CONCEPTS = frozenset({"nsaid_medication"})   # products of any eCQM medication list with one of its ingredients
+# Lists whose products are taken by ingredient: (source key, path, the concepts one of a product's ingredients
+# must belong to, regular expression on the RxNorm name of products left out, the filter in words).
+BY_INGREDIENT: tuple[tuple[str, str, frozenset[str], str | None, str], ...] = (
+    ("cds4cpm", "input/vocabulary/valueset/valueset-2.16.840.1.113762.1.4.1021.73.json", CONSERVATIVE_PARTS,
+     r"Ophthalmic|Irrigation",
+     "its products with an NSAID or skeletal muscle relaxant ingredient of valuesets.json; not eye drops (Ophthalmic)"),
+)
 
 
 def curated_ingredients() -> dict[str, tuple[str, set[str]]]:
@@ -73,7 +86,7 @@ def ingredients_of(name: str, known: dict[str, tuple[str, set[str]]]) -> list[st
     """Ingredient names of an RxNorm product name (salts folded into a listed base ingredient)."""
     inner = re.sub(r"^\{\s*\d+\s*\((.*)\)\s*\}\s*Pack.*$", r"\1", name.strip())       # a pack of one drug
     inner = re.sub(r"\s*\[[^\]]*\]\s*$", "", inner)                                     # [Brand]
-    inner = re.sub(r"^\d+\s*(HR|ML|ACTUAT)\s+", "", inner, flags=re.I)                  # "24 HR", "1 ML"
+    inner = re.sub(r"^(\d+\s*(HR|ML|ACTUAT)|(Once|Twice)-Daily)\s+", "", inner, flags=re.I)  # "24 HR", "1 ML", "Once-Daily"
     out: list[str] = []
     for part in inner.split(" / "):
         words = []
@@ -98,7 +111,8 @@ def main() -> None:
     sources: dict[str, dict[str, str]] = {}
     products: dict[str, dict] = {}
 
-    def add(key: str, path: str, concept: str | None, only: str | None, nsaid_pool: bool) -> None:
+    def add(key: str, path: str, concept: str | None, only: str | None,
+            pool: frozenset[str] = frozenset(), drop: str | None = None, why: str = "") -> None:
         doc = json.loads(checkouts.read(key, path))
         if doc.get("resourceType") != "ValueSet":
             return
@@ -110,13 +124,13 @@ def main() -> None:
         for row in rows:
             code, name = row["code"], row.get("display", "")
             ings = ingredients_of(name, known)
-            if only and not re.search(only, name, re.I):
+            if (only and not re.search(only, name, re.I)) or (drop and re.search(drop, name, re.I)):
                 continue
             by_ingredient = set().union(*(known[i][1] for i in ings if i in known)) if ings else set()
             concepts = ({concept} if concept else set()) | {c for c in by_ingredient if c.endswith("_medication")}
             if concepts & CONSERVATIVE_PARTS:
                 concepts.add("conservative_medication")  # the union of NSAIDs and muscle relaxants
-            if nsaid_pool and POOL_CONCEPT not in by_ingredient:
+            if pool and not pool & by_ingredient:
                 continue
             if code in products:
                 products[code]["concepts"] = sorted(set(products[code]["concepts"]) | concepts)
@@ -138,13 +152,17 @@ def main() -> None:
                 "reference": f"{doc.get('url')} ({source.repo}@{source.commit[:7]} {path})",
                 "release": f"value set version {doc.get('version', '?')}, expansion {doc['expansion'].get('timestamp', '?')[:10]}, RxNorm {', '.join(versions) or '?'}",
             }
+            if why:
+                sources[sid]["filter"] = why
         print(f"  {taken:4} products from {doc.get('title')!r} ({key})")
 
     for key, oid, concept, only in LISTS:
-        add(key, vsac(oid), concept, only, nsaid_pool=False)
+        add(key, vsac(oid), concept, only)
     for key in ("ecqm", "ecqm-r4"):
         for path in checkouts.value_set_paths(key):
-            add(key, path, None, None, nsaid_pool=True)
+            add(key, path, None, None, pool=POOL_CONCEPTS)
+    for key, path, pool, drop, why in BY_INGREDIENT:
+        add(key, path, None, None, pool=pool, drop=drop, why=why)
     TERMINOLOGY.mkdir(exist_ok=True)
     write_json(TERMINOLOGY / RXNORM_FILE, {
         "version": 1,

@@ -64,6 +64,8 @@ SOURCES: dict[str, Source] = {
                   "SNOMED International IPS Terminology (IPS free set, CC BY 4.0), as expanded in the HL7 IPS IG"),
     "dicom": Source("bvdh/dicom-terminology-in-fhir", "9f098270ff7180e43a8df1a2eef0130b72231d5b",
                     "DICOM PS3.16 context groups (CIDs) as FHIR value sets"),
+    "cds4cpm": Source("cqframework/cds4cpm", "e73c2d2953aaad08f09428a6e70d5a07c5c7db31",
+                      "VSAC value set expansions used by the CDS for Chronic Pain Management IG (NLM VSAC; RxNorm)"),
 }
 ECQM_DIR = "input/vocabulary/valueset/external"
 IPS_PROBLEMS = "input/fsh/valuesets/ProblemsSnomedCtIpsFreeSet.fsh"
