@@ -30,7 +30,8 @@ USER cds
 
 # The configuration file (mount it here) and the directory where gunicorn workers keep their
 # Prometheus counts, so that /metrics adds up all workers (emptied by `serve` at start).
-# XDG_DATA_HOME: the data directory (the development profile's SQLite file and local issuer key).
+# XDG_DATA_HOME: the data directory (the development profile's SQLite file and local issuer key,
+# and the card outbox with PostgreSQL: /var/lib/lumbar-mri-cds/outbox).
 ENV LUMBAR_MRI_CDS_CONFIG=/etc/lumbar-mri-cds/config.toml \
     PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus \
     XDG_DATA_HOME=/var/lib

@@ -82,7 +82,8 @@ def main() -> None:
     settings = config.load_settings(args.config, {})
     options = server.gunicorn_options(settings, host=args.host, port=args.port, workers=args.workers)
     options["proc_name"] = "lumbar-mri-cds-floor"
-    server.GunicornApp(lambda: create_app(settings), options).run()
+    server.GunicornApp(lambda: create_app(settings), options, max_request_bytes=server.max_request_bytes(settings),
+                       arrival_seconds=server.arrival_seconds(settings)).run()
 
 
 if __name__ == "__main__":

@@ -129,23 +129,11 @@ def floor_command(config_file: Path, port: int, workers: int) -> list[str]:
             "--workers", str(workers)]
 
 
-def worker_pids(master: int) -> list[int]:
-    """The gunicorn workers: the children of the master process."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[1]) == master:
-                    pids.append(int(entry.name))
-    return sorted(pids)
-
-
 def cpu_seconds(master: int) -> float:
     """User + system CPU time of all the master's workers (all their threads), in seconds."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
-    for pid in worker_pids(master):
+    for pid in serving.worker_pids(master):
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime
@@ -246,7 +234,7 @@ def check(r: dict[str, Any], what: str, *, replay_matters: bool) -> None:
 
 def memory_phase(service: Server, tokens: Tokens, body: Path, args: argparse.Namespace) -> dict[str, Any]:
     master, port = service.master, service.port
-    workers = worker_pids(master)
+    workers = serving.worker_pids(master)
     early = 100 * len(workers)
     late = args.rss_requests * len(workers)
     first = wrk(port, tokens.file(early), body, duration=300, connections=args.connections, limit=early)
@@ -255,7 +243,7 @@ def memory_phase(service: Server, tokens: Tokens, body: Path, args: argparse.Nam
     rest = wrk(port, tokens.file(late - early), body, duration=1200, connections=args.connections, limit=late - early,
                master=master)
     check(rest, "memory (rest)", replay_matters=True)
-    at_late = {pid: rss_mib(pid) for pid in worker_pids(master)}
+    at_late = {pid: rss_mib(pid) for pid in serving.worker_pids(master)}
     print(f"\nMemory: RSS of each worker (calls spread over {len(workers)} workers)")
     for pid in workers:
         grown = (at_late[pid] - at_early[pid]) / at_early[pid] * 100
@@ -344,7 +332,7 @@ def fhir_requests_per_call(body: dict[str, Any]) -> int:
 def profile_phase(service: Server, tokens: Tokens, body: Path, estimate: float, out: Path,
                   args: argparse.Namespace) -> None:
     """py-spy on one worker during an extra full-speed run (not one of the measured runs)."""
-    pid = worker_pids(service.master)[0]
+    pid = serving.worker_pids(service.master)[0]
     duration = max(args.duration, 10)
     spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(int(duration)), "--rate", "250",
                             "--format", "raw", "--output", str(out), "--nonblocking"],

@@ -82,15 +82,19 @@ def check_config(ctx: click.Context, config_file: Path | None, fetch: bool) -> N
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="port to listen on")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="gunicorn worker processes")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64), help="worker processes")
+@click.option("--threads", default=16, show_default=True, type=click.IntRange(1, 256),
+              help="request threads per worker (calls waiting on FHIR or the store at once)")
+@click.option("--behind-proxy", is_flag=True,
+              help="a buffering reverse proxy is in front: no warning when listening on a non-loopback address")
 @config_option
-def serve(host: str, port: int, workers: int, config_file: Path | None) -> None:
-    """Run the service under gunicorn in the foreground (stops cleanly on SIGTERM/SIGINT)."""
+def serve(host: str, port: int, workers: int, threads: int, behind_proxy: bool, config_file: Path | None) -> None:
+    """Serve in the foreground: gunicorn's master over buffering workers (stops cleanly on SIGTERM/SIGINT)."""
     settings = load(config_file)
     metrics_dir_for_workers(os.environ)
-    from service import server  # gunicorn (and prometheus-client, see above) imported only now
+    from service import server  # gunicorn, waitress (and prometheus-client, see below) imported only now
 
-    server.run(settings, host=host, port=port, workers=workers)
+    server.run(settings, host=host, port=port, workers=workers, threads=threads, behind_proxy=behind_proxy)
 
 
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"

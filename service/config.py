@@ -68,7 +68,7 @@ class CorsSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FhirSettings:
-    timeout_seconds: float = 2.0        # connect and read timeout of each FHIR request
+    timeout_seconds: float = 2.0        # total time of each FHIR request (connect, headers, body)
     max_pages: int = 10                 # `next` links followed per search
     max_bytes: int = 20_000_000         # bytes read per FHIR server per hook call
 
@@ -82,6 +82,19 @@ class LimitsSettings:
     deadline_seconds: float = 4.0       # a hook call never takes longer than this
 
 
+class ReplayWhenDown(StrEnum):
+    """What a token check does while the replay store cannot be reached (README, "Replay store")."""
+
+    REFUSE = "refuse"   # 503 with Retry-After: no token is accepted unchecked (the default)
+    MEMORY = "memory"   # each worker remembers the ids it accepts, in memory, until the store is back
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplaySettings:
+    url: str | None = None                               # redis://… ; None: the database (SQLite file beside it)
+    when_down: ReplayWhenDown = ReplayWhenDown.REFUSE     # see ReplayWhenDown
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     profile: Profile
@@ -91,7 +104,9 @@ class Settings:
     cors: CorsSettings = field(default_factory=CorsSettings)
     fhir: FhirSettings = field(default_factory=FhirSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    replay: ReplaySettings = field(default_factory=ReplaySettings)
     patient_hash_salt: str = ""          # salts the patient-id hashes in logs and the store
+    outbox_dir: Path | None = None       # issued cards on local disk until written; None: beside a SQLite store
     log_level: str = "INFO"
     source: Path | None = None           # the configuration file, if any
 
@@ -121,6 +136,9 @@ class Settings:
                 notes.append(f"issuer {issuer.iss}: no fhir_servers, so only prefetch is used for its calls")
         if self.cors.any_origin:
             notes.append("CORS: any origin may call this service from a browser")
+        if self.replay.when_down is ReplayWhenDown.MEMORY:
+            notes.append("replay.when_down = memory: while the replay store is down, a token id is "
+                         "remembered by one worker only, so a captured token could be replayed once on another")
         return notes
 
 
@@ -167,7 +185,9 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
         cors=_cors(raw, profile, where),
         fhir=_section(FhirSettings, raw, "fhir", where),
         limits=_section(LimitsSettings, raw, "limits", where),
+        replay=_replay(raw, where),
         patient_hash_salt=str(raw.get("patient_hash_salt", "")),
+        outbox_dir=_outbox_dir(raw, base_dir, environ, where),
         log_level=str(raw.get("log_level", "INFO")).upper(),
         source=path,
     )
@@ -195,10 +215,13 @@ _ENV_OVERRIDES: dict[str, tuple[str | None, str, type]] = {
     "DATABASE_PASSWORD": (None, "database_password", str),
     "LOG_LEVEL": (None, "log_level", str),
     "PATIENT_HASH_SALT": (None, "patient_hash_salt", str),
+    "OUTBOX_DIR": (None, "outbox_dir", str),
     "CORS_ALLOW_ORIGINS": ("cors", "allow_origins", list),
     "FHIR_TIMEOUT_SECONDS": ("fhir", "timeout_seconds", float),
     "MAX_BODY_BYTES": ("limits", "max_body_bytes", int),
     "DEADLINE_SECONDS": ("limits", "deadline_seconds", float),
+    "REPLAY_URL": ("replay", "url", str),
+    "REPLAY_WHEN_DOWN": ("replay", "when_down", str),
 }
 
 
@@ -247,6 +270,19 @@ def _database_url(raw: Mapping[str, Any], base_dir: Path, environ: Mapping[str, 
         # sqlite:///relative.db: relative to the configuration file, not to the working directory
         value = prefix + str(base_dir / value[len(prefix):])
     return value
+
+
+def _outbox_dir(raw: Mapping[str, Any], base_dir: Path, environ: Mapping[str, str], where: str) -> Path | None:
+    """The configured card outbox directory (relative to the file's directory); for a database that is
+    not a SQLite file, the default is $XDG_DATA_HOME/lumbar-mri-cds/outbox."""
+    value = raw.get("outbox_dir")
+    if value is not None:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: outbox_dir must be a directory path")
+        return base_dir / value
+    if str(raw.get("database_url", "sqlite")).startswith("sqlite"):
+        return None  # beside the SQLite file (store.outbox.directory_for)
+    return default_data_dir(environ) / "outbox"
 
 
 def _with_password(url: str, password: str, where: str) -> str:
@@ -367,6 +403,26 @@ def _section(cls: type, raw: Mapping[str, Any], name: str, where: str) -> Any:
             raise ConfigError(f"{where}: {name}.{key} must be a positive number")
         values[key] = kind(value)
     return replace(defaults, **values)
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _replay(raw: Mapping[str, Any], where: str) -> ReplaySettings:
+    section = raw.get("replay", {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: [replay] must be a table")
+    unknown = sorted(set(section) - {"url", "when_down"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) replay.{', replay.'.join(unknown)}")
+    url = section.get("url")
+    if url is not None and (not isinstance(url, str) or urlsplit(url).scheme not in _REDIS_SCHEMES):
+        raise ConfigError(f"{where}: replay.url must be a Redis URL (redis://, rediss:// or unix://)")
+    when_down = section.get("when_down", ReplayWhenDown.REFUSE.value)
+    try:
+        return ReplaySettings(url=url or None, when_down=ReplayWhenDown(when_down))
+    except ValueError:
+        raise ConfigError(f"{where}: replay.when_down must be 'refuse' or 'memory', not {when_down!r}") from None
 
 
 def _validate(settings: Settings, where: str) -> None:

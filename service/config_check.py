@@ -9,6 +9,8 @@ fetched with ``--fetch`` could not be used.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from service import errors
 from service.config import IssuerSettings
 from service.config import Profile
@@ -28,6 +30,7 @@ def describe(settings: Settings, *, fetch: bool = False) -> tuple[list[str], lis
             f"profile: {settings.profile}",
             f"public_base_url: {_audience(settings)}",
             f"database: {schema.masked_url(settings.database_url)}",
+            f"replay store: {_replay_store(settings)}",
             f"CORS origins: {_origins(settings)}",
             f"issuers ({len(settings.issuers)}):",
         ]
@@ -39,6 +42,18 @@ def describe(settings: Settings, *, fetch: bool = False) -> tuple[list[str], lis
     lines.append("warnings:" if settings.warnings() else "warnings: none")
     lines += [f"  - {note}" for note in settings.warnings()]
     return lines, problems
+
+
+def _replay_store(settings: Settings) -> str:
+    where = _masked_redis_url(settings.replay.url) if settings.replay.url else "the database"
+    return f"{where}; when it is down: {settings.replay.when_down}"
+
+
+def _masked_redis_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def _audience(settings: Settings) -> str:

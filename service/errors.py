@@ -10,6 +10,7 @@ click's exceptions carry ``exit_code``. ``web/errors.py`` is the one place they 
     ├── UnknownService        404  no such CDS service
     ├── DataUnobtainable      412  neither prefetch nor the FHIR server gave what the rules need
     ├── StoreUnavailable      503  the database cannot be reached
+    ├── DeadlineExceeded      503  the call can no longer be answered within its deadline
     ├── AddressInUse               `serve`: the host and port are taken
     └── ExportError                the audit's bulk export is missing, malformed or not obtainable
     ConfigError                    the configuration is unusable (start-up, check-config)
@@ -26,6 +27,7 @@ class ServiceError(Exception):
     status: ClassVar[int] = 500
     issue_code: ClassVar[str] = "exception"  # OperationOutcome.issue.code
     exit_code: ClassVar[int] = 1
+    retry_after: ClassVar[int | None] = None  # seconds, sent as Retry-After
 
     def __init__(self, message: str, *, expression: str | None = None) -> None:
         super().__init__(message)
@@ -69,6 +71,7 @@ class StoreUnavailable(ServiceError):
     status = 503
     issue_code = "transient"
     exit_code = 5
+    retry_after = 2
 
 
 class AddressInUse(ServiceError):
@@ -87,3 +90,12 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the file and key."""
 
     exit_code: ClassVar[int] = 2
+
+
+class DeadlineExceeded(ServiceError):
+    """The call can no longer be answered within its deadline (queued, or waits ran long)."""
+
+    status = 503
+    issue_code = "timeout"
+    exit_code = 1
+    retry_after = 1

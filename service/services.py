@@ -19,9 +19,13 @@ from service.security import jwt as jwt_check
 from service.security import replay
 from service.security import signer
 from service.store import card_store
+from service.store import outbox
 from service.store import schema
 
 EXTENSION_KEY = "lumbar_mri_cds"
+# FHIR reads in flight at once per worker: a call sends up to 8 at once, and a worker runs up to
+# `serve --threads` (16) calls; the threads are started only when needed.
+FETCH_THREADS = 128
 
 
 @dataclass(kw_only=True)
@@ -61,14 +65,16 @@ def build_services(settings: config.Settings) -> Services:
     return Services(
         settings=settings,
         engine=engine,
-        verifier=jwt_check.TokenVerifier(settings, replay.ReplayCache(engine)),
+        verifier=jwt_check.TokenVerifier(settings, replay.build_replay(settings.replay, engine)),
         fetcher=fhir_client.FhirFetcher(
             timeout_seconds=settings.fhir.timeout_seconds,
             max_pages=settings.fhir.max_pages,
             max_bytes=settings.fhir.max_bytes,
+            max_workers=FETCH_THREADS,
         ),
         evaluator=pipeline.Evaluator.load(),
-        recorder=card_store.CardStore(engine, salt=settings.patient_hash_salt),
+        recorder=card_store.CardStore(engine, salt=settings.patient_hash_salt,
+                                      outbox_dir=outbox.directory_for(settings.outbox_dir, settings.database_url)),
     )
 
 

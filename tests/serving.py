@@ -50,9 +50,10 @@ def write_config(directory: Path, *, port: int, jwks_file: Path, issuer: str, da
     return path
 
 
-def serve_command(config: Path, port: int, workers: int) -> list[str]:
+def serve_command(config: Path, port: int, workers: int, extra: list[str] | None = None) -> list[str]:
     """The `lumbar-mri-cds serve` command line (as a module, so no installed script is needed)."""
-    return [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", str(workers), "--config", str(config)]
+    return [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", str(workers),
+            "--config", str(config), *(extra or [])]
 
 
 def wait_healthy(process: subprocess.Popen, port: int, output: Callable[[], str], timeout: float = 30) -> None:
@@ -61,12 +62,24 @@ def wait_healthy(process: subprocess.Popen, port: int, output: Callable[[], str]
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"exited with {process.returncode}: {output()[-2000:]}")
-        with contextlib.suppress(requests.ConnectionError):
+        with contextlib.suppress(requests.ConnectionError, requests.Timeout):
             if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                 return
         if time.monotonic() > deadline:
             raise RuntimeError(f"port {port}: /healthz did not answer within {timeout:.0f} s")
         time.sleep(0.1)
+
+
+def worker_pids(master: int) -> list[int]:
+    """The gunicorn workers: the children of the master process."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == master:
+                    pids.append(int(entry.name))
+    return sorted(pids)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -81,7 +94,8 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def serving(config: Path, port: int, *, workers: int = 2, env: dict[str, str | None] | None = None) -> Iterator[subprocess.Popen]:
+def serving(config: Path, port: int, *, workers: int = 2, env: dict[str, str | None] | None = None,
+            extra: list[str] | None = None) -> Iterator[subprocess.Popen]:
     """Start the service, wait until /healthz answers, stop it with SIGTERM afterwards.
 
     Afterwards ``process.captured`` holds everything the server wrote (stdout and stderr).
@@ -94,7 +108,7 @@ def serving(config: Path, port: int, *, workers: int = 2, env: dict[str, str | N
         return output.read().decode(errors="replace")
 
     environment = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}  # None: unset
-    process = subprocess.Popen(serve_command(config, port, workers), stdout=output, stderr=subprocess.STDOUT,
+    process = subprocess.Popen(serve_command(config, port, workers, extra), stdout=output, stderr=subprocess.STDOUT,
                                env=environment)
     process.output = written  # what the server has written so far
     try:

@@ -137,6 +137,9 @@ INVALID = {
     "in-memory-sqlite-short": (PRODUCTION.replace("postgresql://cds:s3cret@db.example.org/cds", "sqlite://"),
                                "in-memory SQLite"),
     "not-toml": ("profile = ", "not valid TOML"),
+    "replay-url-not-redis": (PRODUCTION + '[replay]\nurl = "https://cache.example.org"\n', "replay.url must be a Redis URL"),
+    "replay-when-down-unknown": (PRODUCTION + '[replay]\nwhen_down = "ignore"\n', "'refuse' or 'memory'"),
+    "replay-unknown-key": (PRODUCTION + '[replay]\nwhen_dwn = "memory"\n', "unknown setting\\(s\\) replay.when_dwn"),
 }
 
 
@@ -165,6 +168,32 @@ def test_environment_overrides(tmp_path, ehr_jwks):
     settings = config.load_settings(write(tmp_path, PRODUCTION), environ)
     assert settings.public_base_url == "https://other.example.org"
     assert settings.cors.allow_origins == ("https://a.example", "https://b.example")
+
+
+def test_replay_store_settings(runner, tmp_path, ehr_jwks):
+    default = config.load_settings(write(tmp_path, PRODUCTION), {})
+    assert default.replay == config.ReplaySettings(url=None, when_down=config.ReplayWhenDown.REFUSE)
+    text = PRODUCTION + '[replay]\nurl = "redis://:pw@cache.example.org:6379/0"\nwhen_down = "memory"\n'
+    settings = config.load_settings(write(tmp_path, text), {})
+    assert settings.replay.url == "redis://:pw@cache.example.org:6379/0"
+    assert settings.replay.when_down is config.ReplayWhenDown.MEMORY
+    assert any("replayed once on another" in w for w in settings.warnings())
+    environ = {"LUMBAR_MRI_CDS_REPLAY_URL": "redis://other:6379/1", "LUMBAR_MRI_CDS_REPLAY_WHEN_DOWN": "refuse"}
+    overridden = config.load_settings(write(tmp_path, text), environ)
+    assert overridden.replay == config.ReplaySettings(url="redis://other:6379/1", when_down=config.ReplayWhenDown.REFUSE)
+    out = runner.invoke(cli, ["check-config", "--config", str(write(tmp_path, text))]).output
+    assert "replay store: redis://:***@cache.example.org:6379/0; when it is down: memory" in out and ":pw@" not in out
+
+
+def test_outbox_dir(tmp_path, ehr_jwks):
+    settings = config.load_settings(write(tmp_path, PRODUCTION), {"HOME": "/home/cds"})
+    assert settings.outbox_dir == config.Path("/home/cds/.local/share/lumbar-mri-cds/outbox")  # PostgreSQL
+    settings = config.load_settings(write(tmp_path, 'outbox_dir = "spool"\n' + PRODUCTION), {})
+    assert settings.outbox_dir == tmp_path / "spool"  # relative to the configuration file
+    environ = {"LUMBAR_MRI_CDS_OUTBOX_DIR": "/tmp/outbox"}
+    assert config.load_settings(write(tmp_path, PRODUCTION), environ).outbox_dir == config.Path("/tmp/outbox")
+    sqlite = PRODUCTION.replace("postgresql://cds:s3cret@db.example.org/cds", "sqlite:///cds.db")
+    assert config.load_settings(write(tmp_path, sqlite), {}).outbox_dir is None  # beside the database file
 
 
 def test_environment_can_switch_to_production_but_not_past_its_rules(tmp_path):

@@ -176,7 +176,8 @@ def test_the_service_runs_serve_with_the_mounted_configuration(compose):
     assert command[command.index("--host") + 1] == "0.0.0.0"
     assert int(command[command.index("--workers") + 1]) >= 2
     port = command[command.index("--port") + 1]
-    assert any(str(p).endswith(f":{port}") for p in cds["ports"])
+    assert "--behind-proxy" in command  # the proxy below is in front
+    assert "ports" not in cds and str(port) in [str(p) for p in cds["expose"]]  # reached through the proxy only
     assert cds["environment"]["PROMETHEUS_MULTIPROC_DIR"].startswith(tuple(cds["tmpfs"]))
 
 
@@ -292,3 +293,45 @@ def test_the_quick_starts_virtual_environment_is_ignored_by_git():
     if shutil.which("git") and (ROOT / ".git").exists():
         check = subprocess.run(["git", "check-ignore", "-q", ".venv/bin/python"], cwd=ROOT)
         assert check.returncode == 0
+
+
+# --- the reverse proxy (issue 15) ------------------------------------------------------------------
+
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+
+
+def test_the_proxy_publishes_the_service_through_its_nginx_conf(compose):
+    proxy = compose["services"]["proxy"]
+    assert proxy["image"].startswith("nginx:")
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in proxy["volumes"]}
+    assert (ROOT / mounts["/etc/nginx/nginx.conf"]).resolve() == NGINX_CONF
+    listen = re.search(r"^\s*listen (\d+);", NGINX_CONF.read_text(), re.M)[1]
+    assert any(str(p).endswith(f":{listen}") for p in proxy["ports"])
+    cds_port = compose["services"]["cds"]["command"][compose["services"]["cds"]["command"].index("--port") + 1]
+    assert f"server cds:{cds_port};" in NGINX_CONF.read_text()
+
+
+def test_the_nginx_conf_buffers_and_times_out():
+    text = NGINX_CONF.read_text()
+    for directive in ("proxy_request_buffering on", "proxy_buffering on", "client_header_timeout",
+                      "client_body_timeout", "send_timeout", "proxy_read_timeout", "proxy_next_upstream off"):
+        assert directive in text, directive
+    limit = re.search(r"client_max_body_size (\d+)m;", text)
+    assert limit and int(limit[1]) * 1_000_000 >= config.LimitsSettings().max_body_bytes
+
+
+def test_nginx_accepts_the_conf(tmp_path):
+    """`nginx -t` on deploy/nginx.conf (Debian: apt-get install nginx; .ci/run installs it)."""
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if nginx is None:
+        pytest.skip("nginx is not installed")
+    # The compose network's `cds` host does not resolve here: point the upstream at loopback, and
+    # keep nginx's pid and temp files in tmp_path.
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(NGINX_CONF.read_text().replace("server cds:", "server 127.0.0.1:")
+                    .replace("http {", f"http {{\n    client_body_temp_path {tmp_path}/body;\n    proxy_temp_path {tmp_path}/proxy;", 1))
+    result = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(conf),
+                             "-g", f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr

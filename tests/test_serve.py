@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import socket
 import stat
 import time
 from datetime import date
@@ -222,3 +225,150 @@ def test_each_instance_has_a_control_socket_of_its_own(tmp_path, jwks_file):
             while not os.path.exists(path) and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert stat.S_ISSOCK(os.stat(path).st_mode), path
+
+
+# --- issue 15: slow clients ---------------------------------------------------------------------
+
+
+def test_slow_clients_do_not_stop_the_service(tmp_path, jwks_file, signer):
+    """Connections that send a request's start and then dawdle (slowloris) cost a socket each, not a
+    worker or a thread: with 1 worker of 2 threads and 30 of them open, real calls are answered; the
+    dawdlers are closed once their request has taken 5 s to arrive."""
+    port = free_port()
+    config = write_config(tmp_path, port=port, jwks_file=jwks_file, issuer=ISSUER)
+    base = f"http://127.0.0.1:{port}"
+    with serving(config, port, workers=1, extra=["--threads", "2"], env={"LUMBAR_MRI_CDS_DEADLINE_SECONDS": "2.0"}):
+        slow = []
+        try:
+            for n in range(30):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                sock.sendall(b"POST /cds-services/order-select HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n")
+                if n % 2:
+                    sock.sendall(b"\r\n{")  # headers done, body stalled
+                slow.append(sock)
+            time.sleep(0.5)
+            for _ in range(3):
+                started = time.monotonic()
+                response = call(base, signer, "/cds-services/order-select",
+                                fhir.load_request("acute-uncomplicated", shift_to=date.today()))
+                assert response.status_code == 200
+                assert time.monotonic() - started < 2
+            # and a request still arriving after twice the deadline (at least 5 s) is closed
+            for sock in slow:
+                sock.settimeout(10)
+                with contextlib.suppress(ConnectionResetError):
+                    assert sock.recv(100) == b""
+        finally:
+            for sock in slow:
+                sock.close()
+
+
+@pytest.mark.parametrize(("host", "behind_proxy", "warns"), [
+    ("127.0.0.1", False, False), ("::1", False, False), ("localhost", False, False),
+    ("0.0.0.0", False, True), ("192.0.2.10", False, True), ("::", False, True), ("0.0.0.0", True, False),
+])
+def test_serve_warns_beyond_loopback_without_a_proxy(host, behind_proxy, warns):
+    from service import server as serving_model
+
+    warning = serving_model.proxy_warning(host, behind_proxy=behind_proxy)
+    assert (warning is not None) == warns
+    if warns:
+        assert "--behind-proxy" in warning and "deploy/nginx.conf" in warning
+
+
+def test_cards_answered_by_a_killed_worker_are_not_lost(tmp_path, jwks_file, signer):
+    """kill -9 of a worker whose card writer could not commit yet (the store's cards table locked):
+    the worker that replaces it recovers the cards from the outbox, so feedback on them is accepted."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from service.store import schema
+    from tests.serving import worker_pids
+
+    port = free_port()
+    database = tmp_path / "serve.db"
+    config = write_config(tmp_path, port=port, jwks_file=jwks_file, issuer=ISSUER)
+    base = f"http://127.0.0.1:{port}"
+    with serving(config, port, workers=1) as process:
+        lock = sqlite3.connect(database, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # the replay file is another one: calls are still answered
+        uuids = []
+        for _ in range(5):
+            response = call(base, signer, "/cds-services/order-select",
+                            fhir.load_request("acute-uncomplicated", shift_to=date.today()))
+            assert response.status_code == 200
+            uuids += [c["uuid"] for c in response.json()["cards"]]
+        (worker,) = worker_pids(process.pid)
+        os.kill(worker, signal.SIGKILL)
+        lock.execute("ROLLBACK")
+        lock.close()
+        engine = schema.create_engine(f"sqlite:///{database}")
+        deadline = time.monotonic() + 20
+        found: set[str] = set()
+        while time.monotonic() < deadline and found != set(uuids):
+            time.sleep(0.2)
+            with engine.connect() as conn:
+                found = set(conn.execute(sa.select(schema.cards.c.card_uuid)).scalars())
+        engine.dispose()
+        assert found >= set(uuids)
+        feedback = {"feedback": [{"card": uuids[0], "outcome": "overridden", "outcomeTimestamp": "2026-01-01T10:00:00Z",
+                                  "overrideReason": {"reason": {"code": "patient-preference"}}}]}
+        response = call(base, signer, "/cds-services/order-select/feedback", feedback)
+        assert response.status_code == 200, response.text
+
+
+def test_calls_queued_behind_a_slow_fhir_server_are_never_answered_late(tmp_path, jwks_file, signer):
+    """One request thread, a FHIR server answering after 1.2 s, a 2 s deadline, 3 calls at once: the
+    calls that waited for the thread are answered (200, 412 or a fast 503) within their deadline,
+    counted from when they arrived, not from when the thread took them."""
+    import threading
+    from http.server import BaseHTTPRequestHandler
+    from http.server import ThreadingHTTPServer
+
+    class SlowFhir(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            time.sleep(1.2)
+            body = b'{"resourceType": "Bundle", "type": "searchset", "entry": []}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/fhir+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args):
+            pass
+
+    fhir_server = ThreadingHTTPServer(("127.0.0.1", 0), SlowFhir)
+    fhir_server.daemon_threads = True
+    threading.Thread(target=fhir_server.serve_forever, daemon=True).start()
+    fhir_base = f"http://127.0.0.1:{fhir_server.server_address[1]}/fhir"
+    port = free_port()
+    config = write_config(tmp_path, port=port, jwks_file=jwks_file, issuer=ISSUER, fhir_servers=(fhir_base,))
+    base = f"http://127.0.0.1:{port}"
+    request_body = fhir.load_request("acute-uncomplicated", shift_to=date.today())
+    request_body["prefetch"].pop("conditions")  # fetched from the slow server
+    request_body["fhirServer"] = fhir_base
+    request_body["fhirAuthorization"] = {"access_token": "t", "token_type": "Bearer", "expires_in": 300,
+                                         "scope": "patient/*.read", "subject": "cds"}
+    try:
+        with serving(config, port, workers=1, extra=["--threads", "1"],
+                     env={"LUMBAR_MRI_CDS_DEADLINE_SECONDS": "2.0"}):
+            results = []
+
+            def one() -> None:
+                started = time.monotonic()
+                response = call(base, signer, "/cds-services/order-select", request_body)
+                results.append((response.status_code, time.monotonic() - started))
+
+            callers = [threading.Thread(target=one) for _ in range(3)]
+            for caller in callers:
+                caller.start()
+            for caller in callers:
+                caller.join()
+    finally:
+        fhir_server.shutdown()
+        fhir_server.server_close()
+    statuses = sorted(status for status, _ in results)
+    assert all(took < 2.0 + 0.3 for _, took in results), results  # never answered after the deadline
+    assert statuses[0] == 200 and 503 in statuses, results       # the first is served, a queued one refused fast

@@ -8,9 +8,15 @@ clinician their order screen (cds-hooks-notes.md, "Latency").
 Safety rules kept here (cds-hooks-notes.md, "Security"; style.md 3.6):
 
 - the access token goes only to the requested base: redirects are not followed, and a ``next`` link
-  is followed only when it lies under that base;
+  is followed only when it lies under that base once its dot segments (``..``, also percent-encoded
+  as ``%2e%2e``) are resolved; the resolved URL is the one requested, and encoded slashes are refused;
 - no token, response body or URL is logged or put in a failure reason; logs carry key, host, status
-  and elapsed time only;
+  and elapsed time only; an OperationOutcome is summarised by its issues' severities and codes, never
+  its texts (they may name the patient);
+- every wait is bounded: each response has a total time (connecting, waiting for the headers and
+  reading the body), enforced on the socket before each read, so a body drip-fed a byte at a time
+  frees its thread when that time is up; the byte budget counts the bytes on the wire and the bytes
+  they inflate to (gzip, deflate) as they are read, so a compressed bomb stops at the budget.
 - no cookies are kept, and no credentials are taken from the environment (``~/.netrc``).
 """
 
@@ -22,18 +28,23 @@ import logging
 import re
 import threading
 import time
+import zlib
+from collections.abc import Callable
 from collections.abc import Mapping
 from concurrent.futures import Future
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 from urllib.parse import urljoin
 from urllib.parse import urlsplit
+from urllib.parse import urlunsplit
 
 import requests
 import requests.adapters
 import requests.auth
+import urllib3
 import urllib3.exceptions
 
 from service.security.fhir_servers import normalized_base
@@ -42,8 +53,9 @@ log = logging.getLogger(__name__)
 
 _FHIR_JSON = "application/fhir+json"
 _DEADLINE_GRACE_SECONDS = 0.1  # lets a worker whose timeout was clipped to the deadline report its own reason
-_REASON_MAX_CHARS = 200
 _CHUNK_BYTES = 64 * 1024
+_ISSUE_CODE = re.compile(r"[a-z][a-z-]{0,39}")  # OperationOutcome issue codes and severities (closed value sets)
+_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS, "identity": None, "": None}
 _READ_QUERY = re.compile(r"[A-Za-z]+/[A-Za-z0-9\-.]{1,64}")  # `Patient/123`: a read, not a search
 
 
@@ -216,21 +228,24 @@ class FhirFetcher:
         remaining = min(self._timeout, job.deadline - time.monotonic())
         if remaining <= 0:
             raise FhirFetchError(job.key, "timeout")
-        headers = {"Accept": _FHIR_JSON}
+        # Only encodings this module inflates itself, within the byte budget (not br or zstd).
+        headers = {"Accept": _FHIR_JSON, "Accept-Encoding": "gzip, deflate"}
         if job.token:
             headers["Authorization"] = f"Bearer {job.token}"
         started = time.monotonic()
         status: int | str = "-"
         try:
             counter.add()
-            with session.get(
-                url, headers=headers, timeout=(remaining, remaining), allow_redirects=False, stream=True
-            ) as response:
+            # total: connecting and waiting for the headers together, not each in turn
+            timeout = urllib3.Timeout(total=remaining)
+            with session.get(url, headers=headers, timeout=timeout, allow_redirects=False, stream=True) as response:
                 status = response.status_code
                 _check_status(job.key, response, read=read)
-                body = _read_body(job.key, response, budget, min(job.deadline, started + self._timeout))
+                body = _read_body(job.key, response, budget, started + remaining)
         except requests.RequestException as exc:
             raise FhirFetchError(job.key, _network_reason(exc)) from exc
+        except urllib3.exceptions.HTTPError as exc:  # raised by the raw reads of _read_body
+            raise FhirFetchError(job.key, _network_reason(requests.ConnectionError(exc))) from exc
         finally:
             elapsed_ms = (time.monotonic() - started) * 1000
             log.debug(
@@ -239,7 +254,7 @@ class FhirFetcher:
             )
         resource = _parse(job.key, body)
         if resource.get("resourceType") == "OperationOutcome":
-            raise FhirFetchError(job.key, _outcome_reason(resource, job.token))
+            raise FhirFetchError(job.key, _outcome_reason(resource))
         return resource
 
 
@@ -307,14 +322,20 @@ class _Counter:
 
 
 class _Budget:
-    """Bytes a key may still read, across all of its pages."""
+    """Bytes a key may still read, across all of its pages: on the wire, and once inflated."""
 
     def __init__(self, max_bytes: int) -> None:
-        self.remaining = max_bytes
+        self.remaining = max_bytes          # bytes as received (compressed, if they are)
+        self.inflated_remaining = max_bytes  # bytes after gzip/deflate decoding
 
     def take(self, key: str, size: int) -> None:
         self.remaining -= size
         if self.remaining < 0:
+            raise FhirFetchError(key, "response too large")
+
+    def take_inflated(self, key: str, size: int) -> None:
+        self.inflated_remaining -= size
+        if self.inflated_remaining < 0:
             raise FhirFetchError(key, "response too large")
 
 
@@ -345,15 +366,40 @@ def _result(resources: dict[str, tuple[dict, ...]], failures: dict[str, str], co
 
 
 def _within_base(job: _Job, url: str) -> str:
-    """Resolve a next link against the base; refuse one that leaves it (it would carry the token)."""
-    absolute = urljoin(job.base + "/", url)
+    """Resolve a next link against the base, dot segments included; refuse one that leaves it (it
+    would carry the token). The resolved URL is what gets requested."""
+    parts = urlsplit(urljoin(job.base + "/", url.strip()))
+    path = _resolved_path(parts.path)
     base = normalized_base(job.base)
-    target = normalized_base(absolute.split("?", 1)[0].split("#", 1)[0])
-    if base is None or target is None or target[:3] != base[:3]:
+    target = normalized_base(urlunsplit((parts.scheme, parts.netloc, path or "/", "", "")))
+    if path is None or base is None or target is None or target[:3] != base[:3]:
         raise FhirFetchError(job.key, "next link outside the FHIR base")
-    if target[3] != base[3] and not target[3].startswith(base[3] + "/"):
+    base_path = _resolved_path(base[3] or "/") or "/"
+    if target[3] != base_path.rstrip("/") and not (target[3] + "/").startswith(base_path.rstrip("/") + "/"):
         raise FhirFetchError(job.key, "next link outside the FHIR base")
-    return absolute
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def _resolved_path(path: str) -> str | None:
+    """``path`` with its dot segments removed (RFC 3986 5.2.4), ``%2e`` read as a dot; None when it
+    holds an encoded slash or a backslash, which servers may read as a separator after our check."""
+    lowered = path.lower()
+    if "%2f" in lowered or "%5c" in lowered or "\\" in path:
+        return None
+    segments = _DOT.sub(".", path).split("/")
+    out: list[str] = []
+    for segment in segments[1:]:  # an absolute URL's path starts with "/"
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+    if segments[-1] in (".", ".."):
+        out.append("")  # "/a/b/.." is the directory "/a/"
+    return "/" + "/".join(out)
+
+
+_DOT = re.compile("%2e", re.IGNORECASE)
 
 
 def _check_status(key: str, response: requests.Response, *, read: bool) -> None:
@@ -367,17 +413,65 @@ def _check_status(key: str, response: requests.Response, *, read: bool) -> None:
 
 
 def _read_body(key: str, response: requests.Response, budget: _Budget, give_up_at: float) -> bytes:
-    """Read the body in chunks, stopping at the byte budget or the time limit (a drip-fed body)."""
+    """Read the body as it comes, within the byte budget (wire and inflated) and by ``give_up_at``.
+
+    Each read returns what has arrived (``read1``), after the socket's timeout has been set to the
+    time left, so neither a body drip-fed a byte at a time nor a stalled one can outlast it.
+    """
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > budget.remaining:
         raise FhirFetchError(key, "response too large")
-    chunks = []
-    for chunk in response.iter_content(chunk_size=_CHUNK_BYTES):
-        budget.take(key, len(chunk))
-        chunks.append(chunk)
-        if time.monotonic() > give_up_at:
-            raise FhirFetchError(key, "timeout")
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in _ENCODINGS:
+        raise FhirFetchError(key, "unreadable body")
+    wbits = _ENCODINGS[encoding]
+    inflater = zlib.decompressobj(wbits) if wbits is not None else None
+    raw = response.raw
+    chunks: list[bytes] = []
+    while True:
+        _limit_socket(key, raw, give_up_at)
+        data = raw.read1(_CHUNK_BYTES, decode_content=False)
+        if not data:
+            break
+        budget.take(key, len(data))
+        if inflater is None:
+            budget.take_inflated(key, len(data))
+            chunks.append(data)
+        else:
+            chunks.extend(_inflate(key, inflater, data, budget))
+    if inflater is not None:
+        chunks.append(_checked_inflate(key, lambda: inflater.flush(budget.inflated_remaining + 1), budget))
+    raw.release_conn()  # read to the end: the connection can serve the next request
     return b"".join(chunks)
+
+
+def _limit_socket(key: str, raw: urllib3.HTTPResponse, give_up_at: float) -> None:
+    """Set the connection's socket timeout to the time left before ``give_up_at`` (none left: timeout)."""
+    left = give_up_at - time.monotonic()
+    if left <= 0:
+        raise FhirFetchError(key, "timeout")
+    connection = raw.connection
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        sock.settimeout(left)
+
+
+def _inflate(key: str, inflater: Any, data: bytes, budget: _Budget) -> list[bytes]:
+    """Inflate ``data`` in pieces no larger than what the budget has left."""
+    out = []
+    while data:
+        out.append(_checked_inflate(key, lambda: inflater.decompress(data, budget.inflated_remaining + 1), budget))
+        data = inflater.unconsumed_tail
+    return out
+
+
+def _checked_inflate(key: str, step: Callable[[], bytes], budget: _Budget) -> bytes:
+    try:
+        piece = step()
+    except zlib.error as exc:
+        raise FhirFetchError(key, "unreadable body") from exc
+    budget.take_inflated(key, len(piece))
+    return piece
 
 
 def _parse(key: str, body: bytes) -> dict:
@@ -404,7 +498,7 @@ def _entries(key: str, bundle: dict) -> list[dict]:
         is_outcome = (entry.get("search") or {}).get("mode") == "outcome"
         if is_outcome or resource.get("resourceType") == "OperationOutcome":
             if is_outcome and _has_error(resource):
-                raise FhirFetchError(key, _outcome_reason(resource, None))
+                raise FhirFetchError(key, _outcome_reason(resource))
             continue
         out.append(resource)
     return out
@@ -422,20 +516,18 @@ def _has_error(outcome: dict) -> bool:
     return any(isinstance(i, dict) and i.get("severity") in ("error", "fatal") for i in issues)
 
 
-def _outcome_reason(outcome: dict, token: str | None) -> str:
-    """"OperationOutcome: <diagnostics>", trimmed, whitespace folded, the token masked if echoed."""
-    texts = []
+def _outcome_reason(outcome: dict) -> str:
+    """"OperationOutcome: error security, warning processing": severities and codes only. Its texts
+    (diagnostics, details) are never copied: servers put patient details and tokens in them."""
+    issues = []
     for issue in outcome.get("issue") or ():
         if isinstance(issue, dict):
-            text = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code")
-            if isinstance(text, str):
-                texts.append(text)
-    detail = " ".join("; ".join(texts).split()) or "no diagnostics"
-    if token:
-        detail = detail.replace(token, "***")
-    if len(detail) > _REASON_MAX_CHARS:
-        detail = detail[: _REASON_MAX_CHARS - 1] + "…"
-    return f"OperationOutcome: {detail}"
+            severity, code = issue.get("severity"), issue.get("code")
+            severity = severity if isinstance(severity, str) and _ISSUE_CODE.fullmatch(severity) else "unknown"
+            code = code if isinstance(code, str) and _ISSUE_CODE.fullmatch(code) else "unknown"
+            issues.append(f"{severity} {code}")
+    summary = ", ".join(dict.fromkeys(issues[:5])) or "no issues"
+    return f"OperationOutcome: {summary}"
 
 
 def _network_reason(exc: requests.RequestException) -> str:

@@ -38,7 +38,7 @@ from service.config import IssuerSettings
 from service.config import Profile
 from service.config import Settings
 from service.security import keys as keys_mod
-from service.security.replay import ReplayCache
+from service.security.replay import ReplayStore
 
 ALGORITHMS = frozenset({"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 LEEWAY_SECONDS = 30          # clock skew allowed between the EHR and this service
@@ -58,7 +58,7 @@ class Claims:
 class TokenVerifier:
     """Checks bearer tokens against the configured issuers; one per app."""
 
-    def __init__(self, settings: Settings, replay: ReplayCache, *, key_store: keys_mod.KeyStore | None = None) -> None:
+    def __init__(self, settings: Settings, replay: ReplayStore, *, key_store: keys_mod.KeyStore | None = None) -> None:
         self._settings = settings
         self._replay = replay
         self._keys = key_store or keys_mod.KeyStore(

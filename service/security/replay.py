@@ -18,6 +18,13 @@ With SQLite the table lives in a file of its own beside the store (``cds.db`` ->
 ``replay_database_url``): SQLite has one writer at a time per file, and a token check waiting behind
 the card writer's or a feedback transaction (each ends with an fsync) was the slowest hundredth of
 hook calls. PostgreSQL locks rows, so there the table stays in the one database.
+
+Where a Redis server is configured (``[replay] url``), ``RedisReplayCache`` keeps the ids there
+instead: one ``SET key NX EXAT <expiry>`` per call, atomic across workers and replicas, expired by
+Redis itself. Whichever store is used, ``GuardedReplay`` decides what a call does while it is down
+(``[replay] when_down``): refuse with 503 (``StoreUnavailable``), or remember the ids in this worker's
+memory for as long as the store stays down. After a failure the store is left alone for
+``PROBE_SECONDS``, so a sick store costs one call its lock timeout, not every call.
 """
 
 from __future__ import annotations
@@ -25,19 +32,27 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from typing import Protocol
 
 import sqlalchemy as sa
 
 from service import errors
+from service.config import ReplaySettings
+from service.config import ReplayWhenDown
 from service.store import schema
 
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 1000  # calls between deletions of expired rows (per worker)
+PROBE_SECONDS = 2.0  # after the store failed, calls skip it this long (and say Retry-After this long)
+MEMORY_MAX_IDS = 100_000  # per worker, while the store is down (when_down = "memory")
+REDIS_TIMEOUT_SECONDS = 1.0  # connect and each command
+REDIS_PREFIX = "lumbar-mri-cds:jti:"
 
 seen_tokens = sa.Table(
     "seen_tokens",
@@ -57,6 +72,23 @@ def replay_database_url(store: sa.URL) -> sa.URL:
         return store
     path = Path(store.database)
     return store.set(database=str(path.with_name(f"{path.stem}.replay{path.suffix}")))
+
+
+class ReplayStore(Protocol):
+    """Where seen token ids are kept."""
+
+    def check_and_remember(self, iss: str, jti: str, expires_at: int) -> bool:
+        """True when this (iss, jti) is new (and now remembered), False when it was seen before;
+        StoreUnavailable when the store cannot say."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def build_replay(settings: ReplaySettings, engine: sa.Engine) -> GuardedReplay:
+    """The configured replay store (Redis, else the database), guarded by its when-down setting."""
+    store: ReplayStore = RedisReplayCache(settings.url) if settings.url else ReplayCache(engine)
+    return GuardedReplay(store, when_down=settings.when_down)
 
 
 class ReplayCache:
@@ -112,7 +144,10 @@ class ReplayCache:
     def _insert(self, iss: str, digest: str, expires_at: int) -> bool:
         # Straight through the driver, past SQLAlchemy's execution layer, which costs more than the
         # INSERT itself (benchmarks/README.md). The statement is compiled once, in the database's own paramstyle.
-        connection = self._engine.raw_connection()
+        try:
+            connection = self._engine.raw_connection()  # refused or timed out: StoreUnavailable too
+        except (self._driver_error, sa.exc.SQLAlchemyError) as exc:
+            raise errors.StoreUnavailable(f"replay cache: {type(exc).__name__}") from exc
         try:
             cursor = connection.cursor()
             try:
@@ -146,3 +181,81 @@ class ReplayCache:
 
     def _now(self) -> int:
         return int(self._clock())
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+class RedisReplayCache:
+    """Remembers (iss, jti) pairs in Redis: ``SET NX`` with the token's expiry (``EXAT``)."""
+
+    def __init__(self, url: str) -> None:
+        import redis  # only where configured
+
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_keepalive=True, health_check_interval=30,
+        )
+        self._error = redis.RedisError
+
+    def check_and_remember(self, iss: str, jti: str, expires_at: int) -> bool:
+        """True when new (and now remembered until ``expires_at``), False when seen before."""
+        key = f"{REDIS_PREFIX}{_digest(iss)}:{_digest(jti)}"
+        try:
+            return bool(self._client.set(key, b"1", nx=True, exat=expires_at))
+        except self._error as exc:
+            raise errors.StoreUnavailable(f"replay cache: {type(exc).__name__}") from exc
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class GuardedReplay:
+    """A replay store, and what happens while it is down (``ReplayWhenDown``); thread-safe."""
+
+    def __init__(self, store: ReplayStore, *, when_down: ReplayWhenDown,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self._when_down = when_down
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._down_until = 0.0
+        self._memory: dict[tuple[str, str], int] = {}  # (iss, jti digest) -> expires_at, while down
+        self._lock = threading.Lock()
+
+    def check_and_remember(self, iss: str, jti: str, expires_at: int) -> bool:
+        """As ``ReplayStore``; while the store is down, refuse (503) or use this worker's memory."""
+        key = (iss, _digest(jti))
+        if self._memory and self._remembered(key):
+            return False  # accepted while the store was down: a replay, even now it is back
+        if self._clock() >= self._down_until:
+            try:
+                return self.store.check_and_remember(iss, jti, expires_at)
+            except errors.StoreUnavailable as exc:
+                self._down_until = self._clock() + PROBE_SECONDS
+                log.warning("replay store unavailable (%s); for %.0f s: %s", exc.message, PROBE_SECONDS,
+                            "refusing calls" if self._when_down is ReplayWhenDown.REFUSE else "remembering in memory")
+        if self._when_down is ReplayWhenDown.REFUSE:
+            raise errors.StoreUnavailable("the replay store is unavailable; retry later")
+        return self._remember(key, expires_at)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def _remembered(self, key: tuple[str, str]) -> bool:
+        with self._lock:
+            expires_at = self._memory.get(key)
+            return expires_at is not None and expires_at >= self._wall_clock()
+
+    def _remember(self, key: tuple[str, str], expires_at: int) -> bool:
+        with self._lock:
+            if len(self._memory) >= MEMORY_MAX_IDS:
+                now = self._wall_clock()
+                self._memory = {k: v for k, v in self._memory.items() if v >= now}
+                if len(self._memory) >= MEMORY_MAX_IDS:
+                    raise errors.StoreUnavailable("the replay store is unavailable and this worker's memory is full")
+            if key in self._memory:
+                return False
+            self._memory[key] = expires_at
+            return True

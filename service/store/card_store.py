@@ -2,7 +2,8 @@
 the report.
 
 - ``record_call`` / ``record_cards`` run on the hook request path: they queue the rows for the card
-  writer thread (``store/card_writer.py``) and return at once.
+  writer thread (``store/card_writer.py``), which keeps them in this worker's card outbox on local
+  disk until they are committed (``store/outbox.py``), and return at once.
 - ``record_feedback`` is the feedback endpoint's: check each item's card was issued by this service
   (and to this issuer and tenant), then store all items in one transaction. It returns only after
   the commit, so an HTTP 200 means the feedback is durable (CDS Hooks 2.0 feedback; interface.md).
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,6 +39,7 @@ from service.store.card_writer import CardWriter
 
 log = logging.getLogger(__name__)
 
+LOCK_ATTEMPTS = 3             # feedback transactions tried when the lock timeout (schema.LOCK_TIMEOUT_MS) passes
 LOOKUP_WAIT_SECONDS = 1.0     # how long to wait for a card another worker may just have issued
 
 
@@ -92,12 +95,15 @@ class CardStore:
         salt: str,
         clock: Callable[[], datetime] = utcnow,
         lookup_wait: float = LOOKUP_WAIT_SECONDS,
+        outbox_dir: Path | None = None,
     ) -> None:
         self._engine = engine
         self._salt = salt
         self._clock = clock            # tests pass a fixed clock; times are stored in UTC
         self._lookup_wait = lookup_wait
-        self._writer = CardWriter(engine)
+        self._writer = CardWriter(engine, outbox_dir)
+        if outbox_dir is not None:
+            self._writer.start()  # at once: it recovers what a worker that died left in the outbox
 
     def record_cards(self, cards: Sequence[IssuedCard]) -> None:
         """Queue the cards of one hook answer for writing; returns at once (no database I/O)."""
@@ -141,10 +147,18 @@ class CardStore:
         stored) for an unknown card or suggestion, StoreUnavailable when the database fails.
         """
         try:
-            with self._engine.connect() as conn:
-                self._check_cards(conn, service_id, items, issuer, tenant)
-                conn.commit()  # end the read transaction; the writes get their own
-                return self._insert(conn, service_id, items)
+            for attempt in range(1, LOCK_ATTEMPTS + 1):
+                try:
+                    with self._engine.connect() as conn:
+                        self._check_cards(conn, service_id, items, issuer, tenant)
+                        conn.commit()  # end the read transaction; the writes get their own
+                        return self._insert(conn, service_id, items)
+                except sa.exc.OperationalError as exc:
+                    # Another writer held the lock past the lock timeout (about a second): try
+                    # again, a bounded number of times (a busy SQLite file, not a broken one).
+                    if attempt == LOCK_ATTEMPTS or not schema.is_lock_timeout(exc):
+                        raise
+            raise AssertionError("unreachable")
         except sa.exc.SQLAlchemyError as exc:
             # The engine hides SQL parameters (schema.create_engine), so the class name is safe.
             log.error("feedback not stored: database error %s", type(exc).__name__)

@@ -1,9 +1,10 @@
 """The card writer: a background thread that inserts issued cards in batches.
 
-``CardStore.record_cards`` runs on the hook request path, which must answer fast: it only hands the
-rows to this writer, so the hook answer never waits on a database fsync. A card row is a bookkeeping
-record: if the process dies in the milliseconds before its batch commits, the only consequence is that
-feedback on that card is refused as "unknown card".
+``CardStore.record_cards`` runs on the hook request path, which must answer fast: it hands the rows to
+this writer, which appends them to this worker's card outbox on local disk (store/outbox.py: one
+write, no fsync) and inserts them in batches from its thread, so the hook answer never waits on a
+database fsync. If the process dies before a batch commits, the next worker to look (at its start,
+and every few seconds) recovers the rows from the outbox: cards clinicians saw are not lost.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import weakref
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
+from service.store import outbox as outbox_mod
 from service.store import schema
 
 log = logging.getLogger(__name__)
@@ -26,7 +30,8 @@ log = logging.getLogger(__name__)
 # fsync); a flush does not wait.
 COMMIT_INTERVAL_SECONDS = 0.05
 RETRY_SECONDS = 0.1           # the first wait after a database error; doubles up to 5 s
-MAX_PENDING_CARDS = 100_000   # beyond this (database down for long) the oldest rows are dropped
+MAX_PENDING_CARDS = 10_000    # in memory; beyond this (database down for long) the oldest rows wait on disk only
+RECOVER_EVERY_SECONDS = 2.0   # how often the writer looks for the outbox files of workers that died
 
 
 class CardWriter:
@@ -38,8 +43,9 @@ class CardWriter:
     wakes it. On a database error it keeps the rows and retries with a back-off.
     """
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, outbox_dir: Path | None = None) -> None:
         self._engine = engine
+        self._outbox_dir = outbox_dir
         self._at_exit = False
         self._reset()
 
@@ -56,16 +62,21 @@ class CardWriter:
         # The writer keeps one connection of its own, so request threads holding the whole pool
         # (a burst of feedback lookups) can never starve it; used by the writer thread only.
         self._conn: sa.Connection | None = None
-
+        self._outbox: outbox_mod.Outbox | None = None  # opened with the thread, in this process
+        self._sealed = 0       # outbox segments holding the rows taken for the batch being written
+        self._dropped_to_disk = False  # rows left memory (MAX_PENDING_CARDS) and wait in the outbox only
+        self._recover_at = 0.0
     def put(self, card_rows: list[dict[str, Any]], suggestion_rows: list[dict[str, Any]]) -> None:
         if self._pid != os.getpid():
             self._reset()  # a forked child: the parent writes what it queued, we start afresh
         with self._cond:
+            if self._thread is None:
+                self._start()
+            if self._outbox is not None and not self._outbox.append(card_rows, suggestion_rows):
+                log.error("card writer: the outbox is full (database down for long); a card is kept in memory only")
             self._cards.extend(card_rows)
             self._suggestions.extend(suggestion_rows)
             self._queued += len(card_rows)
-            if self._thread is None:
-                self._start()
 
     def flush(self, timeout: float) -> bool:
         """Wait until every card queued before this call is written; False on timeout."""
@@ -94,7 +105,15 @@ class CardWriter:
         if thread is not None:
             thread.join(timeout)
 
+    def start(self) -> None:
+        """Start the writer thread now rather than at the first card."""
+        with self._cond:
+            if self._thread is None:
+                self._start()
+
     def _start(self) -> None:
+        if self._outbox is None and self._outbox_dir is not None:
+            self._outbox = outbox_mod.Outbox(self._outbox_dir)
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="card-writer", daemon=True)
         self._thread.start()
@@ -108,23 +127,31 @@ class CardWriter:
         # connection before a burst of requests can take the whole pool.
         pause = 0.0
         while True:
+            self._recover_orphans()
             with self._cond:
                 self._cond.wait_for(lambda: self._closing or (self._flushing > 0 and self._cards), pause)
                 pause = COMMIT_INTERVAL_SECONDS
                 if not self._cards:
                     if self._closing:
                         self._disconnect()
+                        self._close_outbox()
                         return
                     continue
                 cards, self._cards = self._cards, []
                 suggestions, self._suggestions = self._suggestions, []
+                if self._outbox is not None:
+                    self._sealed = self._outbox.seal()  # the segments holding exactly these rows
             try:
                 written = self._write(cards, suggestions)
             except Exception as exc:  # noqa: BLE001 - the thread must survive whatever happens
                 written = self._failed(len(cards), exc)
             if written:
                 backoff = RETRY_SECONDS
+                if self._outbox is not None and self._dropped_to_disk:
+                    written = self._write_from_disk()
                 with self._cond:
+                    if self._outbox is not None and written:
+                        self._outbox.settle(self._sealed)
                     self._settled += len(cards)
                     self._cond.notify_all()
                 continue
@@ -132,9 +159,38 @@ class CardWriter:
                 self._requeue(cards, suggestions)
                 if self._closing:
                     self._disconnect()
+                    self._close_outbox()
                     return  # close() gave up waiting; the daemon thread must not outlive it
                 self._cond.wait(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    def _recover_orphans(self) -> None:
+        """Every few seconds: write the outbox rows of workers that died (writer thread only)."""
+        if self._outbox is None or time.monotonic() < self._recover_at:
+            return
+        self._recover_at = time.monotonic() + RECOVER_EVERY_SECONDS
+        try:
+            self._outbox.recover(self._insert)
+        except (sa.exc.SQLAlchemyError, OSError) as exc:  # the files stay; tried again later
+            log.error("card outbox: recovery failed: %s", type(exc).__name__)
+            self._disconnect()
+
+    def _write_from_disk(self) -> bool:
+        """Write the rows of the sealed outbox segments (those that left memory among them)."""
+        assert self._outbox is not None
+        try:
+            for cards, suggestions in self._outbox.sealed_rows(self._sealed):
+                if cards:
+                    self._insert(cards, suggestions)
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            return self._failed(0, exc)
+        self._dropped_to_disk = False
+        return True
+
+    def _close_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, None
+        if outbox is not None:
+            outbox.close()
 
     def _write(self, cards: list[dict[str, Any]], suggestions: list[dict[str, Any]]) -> bool:
         try:
@@ -190,7 +246,11 @@ class CardWriter:
             del self._cards[:excess]
             self._suggestions = [row for row in self._suggestions if row["card_uuid"] not in dropped]
             self._settled += excess
-            log.error("card writer: database unavailable; dropped the %d oldest unwritten cards", excess)
+            if self._outbox is not None:
+                self._dropped_to_disk = True  # still in the outbox: written from there once the database is back
+                log.error("card writer: database unavailable; %d unwritten cards wait in the outbox only", excess)
+            else:
+                log.error("card writer: database unavailable; dropped the %d oldest unwritten cards", excess)
 
 
 def _close_at_exit(writer: CardWriter) -> None:

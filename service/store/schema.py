@@ -80,12 +80,25 @@ feedback = sa.Table(
 )
 
 
-def create_engine(database_url: str, *, power_safe: bool = True) -> sa.Engine:
-    """An engine for this URL; SQLite gets WAL and a busy timeout so several workers can share it.
+# A sick database must cost a call about a second, not the call's whole deadline (issue 15): every
+# connection of the service gets these bounds. The report command runs long queries: it passes
+# interactive=False and gets no statement timeout.
+LOCK_TIMEOUT_MS = 1000          # SQLite busy timeout; PostgreSQL lock_timeout
+STATEMENT_TIMEOUT_MS = 1000     # PostgreSQL statement_timeout
+CONNECT_TIMEOUT_SECONDS = 2     # PostgreSQL connect_timeout (libpq's minimum is 2 s)
+POOL_TIMEOUT_SECONDS = 1.0      # waiting for a pooled connection (PostgreSQL)
+# TCP keepalive, and a bound on unacknowledged data: a database host that vanished from the network
+# is noticed within seconds instead of the kernel's 2 hours (idle) or 15 minutes (in flight).
+_PG_KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
+                 "tcp_user_timeout": 5000}
+
+
+def create_engine(database_url: str, *, power_safe: bool = True, interactive: bool = True) -> sa.Engine:
+    """An engine for this URL, with the timeouts above; SQLite gets WAL so several workers can share it.
 
     ``power_safe=False`` (the replay cache only) commits without waiting for the disk: a commit
     survives a crash of the process, not a power loss (SQLite synchronous=NORMAL in WAL mode,
-    PostgreSQL synchronous_commit=off).
+    PostgreSQL synchronous_commit=off). ``interactive=False`` (reports) drops the statement timeout.
     """
     # hide_parameters: SQLAlchemy's error messages would otherwise quote the bound values (feedback
     # comments, patient hashes, token ids) into logs and tracebacks.
@@ -94,15 +107,34 @@ def create_engine(database_url: str, *, power_safe: bool = True) -> sa.Engine:
         url = "postgresql+psycopg://" + url[len("postgresql://"):]  # psycopg 3, not psycopg2
     try:
         if url.startswith("sqlite"):
-            engine = sa.create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
+            engine = sa.create_engine(url, connect_args={"timeout": LOCK_TIMEOUT_MS / 1000}, hide_parameters=True)
             sa.event.listen(engine, "connect", _sqlite_pragmas if power_safe else _sqlite_pragmas_fast)
             return engine
-        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, hide_parameters=True)
+        parsed = sa.make_url(url)
+        options = f"-c lock_timeout={LOCK_TIMEOUT_MS}"
+        if interactive:
+            options += f" -c statement_timeout={STATEMENT_TIMEOUT_MS}"
+        # connect_args replace the URL's own `options` (e.g. a search_path): merged, theirs last. The
+        # URL keeps them, so engine.url still names the same database (the replay cache's engine).
+        given = parsed.query.get("options")
+        if given:
+            options += " " + (given if isinstance(given, str) else " ".join(given))
+        engine = sa.create_engine(
+            parsed, pool_pre_ping=True, pool_size=4, max_overflow=16, pool_timeout=POOL_TIMEOUT_SECONDS,
+            hide_parameters=True,
+            connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS, **_PG_KEEPALIVE, "options": options},
+        )
         if not power_safe:
             sa.event.listen(engine, "connect", _postgresql_fast)
         return engine
     except (sa.exc.ArgumentError, ImportError, ValueError) as exc:
         raise ConfigError(f"database_url is not usable: {exc}") from None
+
+
+def is_lock_timeout(exc: sa.exc.DBAPIError) -> bool:
+    """Whether a database error is a lock wait that ran out (SQLite busy, PostgreSQL lock_timeout)."""
+    text = str(exc.orig).lower()
+    return "database is locked" in text or "lock timeout" in text or getattr(exc.orig, "sqlstate", None) == "55P03"
 
 
 def open_existing(database_url: str) -> sa.Engine:
@@ -114,7 +146,7 @@ def open_existing(database_url: str) -> sa.Engine:
             f"no database at {url.database}: nothing was recorded there (start `lumbar-mri-cds serve` and "
             "call it, or name the store with --config or LUMBAR_MRI_CDS_DATABASE_URL)"
         )
-    engine = create_engine(database_url)
+    engine = create_engine(database_url, interactive=False)  # reports: no statement timeout
     try:
         present = sa.inspect(engine).has_table(cards.name)
     except sa.exc.SQLAlchemyError as exc:
@@ -159,7 +191,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")    # readers never block the writer
     cursor.execute("PRAGMA synchronous=FULL")    # a 200 means committed, even on power loss
-    cursor.execute("PRAGMA busy_timeout=30000")  # wait for another worker's write instead of failing
+    cursor.execute(f"PRAGMA busy_timeout={LOCK_TIMEOUT_MS}")  # wait for another worker's write, briefly
     cursor.close()
 
 
@@ -171,12 +203,19 @@ def create_schema(engine: sa.Engine, tables: tuple[sa.Table, ...] | None = None)
     workers)."""
     if engine.url.get_backend_name() == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        _create_schema_once(engine, tables)
-    except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
-        # Several workers starting at once: another one created a table (or the version row)
-        # between our existence check and our CREATE. Its work is committed now; check again.
-        _create_schema_once(engine, tables)
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            _create_schema_once(engine, tables)
+            return
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+            # Several workers starting at once: another one created a table (or the version row)
+            # between our existence check and our CREATE, or holds the lock longer than the lock
+            # timeout. Its work is committed soon; check again.
+            if attempt == SCHEMA_ATTEMPTS - 1:
+                raise
+
+
+SCHEMA_ATTEMPTS = 10
 
 
 def _create_schema_once(engine: sa.Engine, tables: tuple[sa.Table, ...] | None) -> None:

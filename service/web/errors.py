@@ -45,7 +45,10 @@ def register(app: Flask) -> None:
     def _service_error(exc: ServiceError) -> Response:
         if isinstance(exc, NotAuthenticated):
             return Response(status=401, headers={"WWW-Authenticate": "Bearer"})  # no detail (best practices)
-        return operation_outcome(exc.status, exc.issue_code, exc.message, exc.expression)
+        response = operation_outcome(exc.status, exc.issue_code, exc.message, exc.expression)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

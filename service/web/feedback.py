@@ -4,7 +4,7 @@ The answer is ``200`` with an empty body, sent only once every item is committed
 no response body, and an empty one cannot be mistaken for cards. The body is checked by
 ``intake/feedback_items.py`` under the same limits as a hook call's. Errors take the service's usual
 route (``web/errors.py``): 400 OperationOutcome naming the bad item (``feedback[1].outcome``), 401
-bare, 404 unknown service, 415 not JSON, 503 store unavailable.
+bare, 404 unknown service, 415 not JSON, 503 store unavailable or queued past the call's deadline.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from service import errors
 from service.intake import feedback_items
 from service.services import services_of
 from service.web import auth
+from service.web import deadline as deadlines
 from service.web import hooks
 from service.web import observability
 
@@ -30,6 +31,9 @@ blueprint.url_value_preprocessor(hooks.begin_call)
 def receive_feedback(service_id: str) -> Response:
     """Validate and store the feedback; 200 (empty body) once it is durable."""
     services = services_of(current_app)
+    # Queued past the deadline: the EHR has given up; a 503 says to send it again (a repeat of
+    # stored feedback is stored once). Once stored, the 200 is sent however long it took.
+    deadlines.for_request(request.environ, services.settings.limits.deadline_seconds).check("waiting for a request thread")
     claims = auth.authenticate(services)
     if service_id not in services.catalogue:
         raise errors.UnknownService(f"no CDS service with id {service_id!r}; see GET /cds-services")

@@ -3,11 +3,15 @@
 A hook call: verify the token, parse the envelope under the limits, evaluate (with a FHIR fetcher for
 what prefetch lacks, when the issuer may send its token to that server), record the cards, answer.
 What the call was about goes into its ``CallRecord``, which the card recorder and the request log read.
+
+The call's deadline (``web/deadline.py``) counts from the request's arrival. It is checked when the
+view starts (time spent arriving and queued for a thread), after the token check (the replay store),
+it bounds the FHIR reads, and it is checked once more before answering: a call that can no longer be
+answered in time gets a fast 503 with ``Retry-After``, never a late 200.
 """
 
 from __future__ import annotations
 
-import time
 from datetime import date
 from typing import Any
 
@@ -34,12 +38,10 @@ from service.security.jwt import Claims
 from service.services import Services
 from service.services import services_of
 from service.web import auth
+from service.web import deadline as deadlines
 from service.web import observability
 
 blueprint = Blueprint("hooks", __name__)
-
-# Time kept back from the request deadline for evaluating and answering after the FHIR reads.
-DEADLINE_MARGIN_SECONDS = 0.2
 
 
 def begin_call(_endpoint: str | None, values: dict[str, Any] | None) -> None:
@@ -73,15 +75,17 @@ def discovery() -> Response:
 
 @blueprint.post("/cds-services/<service_id>", endpoint="hook")
 def call_service(service_id: str) -> Response:
-    """Verify, parse, evaluate, record, answer."""
-    started = time.monotonic()
+    """Verify, parse, evaluate, record, answer; within the call's deadline."""
     services = services_of(current_app)
     spec = services.catalogue.get(service_id)
     if spec is None:
         raise UnknownService(f"no CDS service with id {service_id!r}; see GET /cds-services")
+    deadline = deadlines.for_request(request.environ, services.settings.limits.deadline_seconds)
+    deadline.check("waiting for a request thread")
     call = observability.current_call()
     claims = auth.authenticate(services)
     call.issuer, call.tenant = claims.iss, claims.tenant
+    deadline.check("the token check")
     if not request.is_json:
         raise UnsupportedMediaType("the body must be JSON (Content-Type: application/json)")
     data = envelope.parse_json(request.get_data(cache=False), services.settings.limits)
@@ -90,7 +94,7 @@ def call_service(service_id: str) -> Response:
     from_sandbox = claims.iss == config.SANDBOX_ISSUER
     hook_request = envelope.parse_request(data, hook=spec.hook, sandbox_quirks=from_sandbox)
     call.hook_instance, call.patient_id = hook_request.hook_instance, hook_request.patient_id
-    fetcher = _fetcher(services, hook_request, claims, started)
+    fetcher = _fetcher(services, hook_request, claims, deadline)
     try:
         evaluation = services.evaluator.evaluate(hook_request, date.today(), fetcher, spec)
     finally:
@@ -99,6 +103,7 @@ def call_service(service_id: str) -> Response:
                 FhirFetchNote(keys=keys, failed=frozenset(result.failures), requests_made=result.requests_made)
                 for keys, result in fetcher.fetches
             ]
+    deadline.check("the evaluation", answering=True)  # a late answer is a 503: no card is shown, none recorded
     _note_evaluation(call, evaluation, services.evaluator.templates)
     if call.cards:
         services.recorder.record_call(call)
@@ -106,7 +111,7 @@ def call_service(service_id: str) -> Response:
 
 
 def _fetcher(
-    services: Services, hook_request: envelope.HookRequest, claims: Claims, started: float
+    services: Services, hook_request: envelope.HookRequest, claims: Claims, deadline: deadlines.Deadline
 ) -> fhir_client.CallFetcher | None:
     """The FHIR fetcher of this call, or None when the request names no FHIR server."""
     base = hook_request.fhir_server
@@ -116,8 +121,7 @@ def _fetcher(
         reason = "fhirServer is not one this EHR's issuer is trusted for; it was not contacted"
         return fhir_client.CallFetcher.refusing(base, issuer=claims.iss, reason=reason)
     token = hook_request.fhir_authorization.access_token if hook_request.fhir_authorization else None
-    deadline = started + services.settings.limits.deadline_seconds - DEADLINE_MARGIN_SECONDS
-    return services.fetcher.for_call(base=base, access_token=token, deadline=deadline)
+    return services.fetcher.for_call(base=base, access_token=token, deadline=deadline.for_waits())
 
 
 def _note_evaluation(call: CallRecord, evaluation: Evaluation, templates: dict[str, str]) -> None:

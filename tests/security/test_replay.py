@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 import uuid
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 
+from service import config
 from service import errors
 from service.security import replay
 from service.security.replay import ReplayCache
@@ -200,3 +202,164 @@ def test_only_the_replay_cache_skips_the_disk_wait(tmp_path):
     finally:
         cache.close()
         engine.dispose()
+
+
+# --- issue 15: a sick store costs a call about a second, never a 500 ------------------------------
+
+
+def test_postgresql_refusing_connections_is_store_unavailable():
+    from tests.store.databases import forwarded
+    from tests.store.databases import postgres_schema
+
+    with postgres_schema() as url, forwarded(url) as (via, forwarder):
+        engine = schema.create_engine(via)
+        schema.create_schema(engine)
+        cache = ReplayCache(engine)
+        try:
+            assert cache.check_and_remember("iss", "before", 2_000_000_000)
+            forwarder.refuse()  # PostgreSQL stopped: existing connections drop, new ones are refused
+            for jti in ("after-1", "after-2"):
+                with pytest.raises(errors.StoreUnavailable, match="replay cache"):
+                    cache.check_and_remember("iss", jti, 2_000_000_000)
+        finally:
+            cache.close()
+            engine.dispose()
+
+
+def _hold_lock(database_url: str, replay_file: bool):
+    """Another connection holding the write lock of the seen-tokens table (SQLite: its file)."""
+    if database_url.startswith("sqlite"):
+        import sqlite3
+
+        url = replay_database_url(sa.make_url(database_url)) if replay_file else sa.make_url(database_url)
+        conn = sqlite3.connect(url.database, isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        return conn
+    conn = psycopg.connect(database_url.replace("postgresql://", "postgresql://", 1))
+    conn.execute("LOCK TABLE seen_tokens IN ACCESS EXCLUSIVE MODE")
+    return conn
+
+
+def test_a_locked_store_costs_about_a_second(make_cache, database_url):
+    cache = make_cache()
+    holder = _hold_lock(database_url, replay_file=True)
+    try:
+        started = time.monotonic()
+        with pytest.raises(errors.StoreUnavailable, match="replay cache"):
+            cache.check_and_remember("iss", "waits", 2_000_000_000)
+        assert time.monotonic() - started < 2.5  # the lock timeout (~1 s), not 30 s or forever
+    finally:
+        holder.rollback()
+        holder.close()
+    assert cache.check_and_remember("iss", "waits", 2_000_000_000)  # and it works again at once
+
+
+# --- Redis ----------------------------------------------------------------------------------------
+
+REDIS_URL = os.environ.get("LUMBAR_MRI_CDS_TEST_REDIS", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture
+def redis_cache():
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError:
+        pytest.skip(f"Redis not reachable at {REDIS_URL} (set LUMBAR_MRI_CDS_TEST_REDIS)")
+    cache = replay.RedisReplayCache(REDIS_URL)
+    yield cache, client
+    cache.close()
+    client.close()
+
+
+def test_redis_new_then_seen_until_expiry(redis_cache):
+    cache, client = redis_cache
+    iss, jti = "https://ehr.example.org", f"jti-{uuid.uuid4()}"
+    expires_at = int(time.time()) + 120
+    assert cache.check_and_remember(iss, jti, expires_at) is True
+    assert cache.check_and_remember(iss, jti, expires_at) is False
+    assert cache.check_and_remember("https://other.example.org", jti, expires_at) is True
+    keys = client.keys(f"{replay.REDIS_PREFIX}*")
+    mine = [k for k in keys if client.expiretime(k) == expires_at]
+    assert len(mine) == 2  # one key per (iss, jti), expiring with the token: Redis prunes
+    assert all(jti.encode() not in k for k in keys)  # hashed, like the database rows
+    client.delete(*mine)
+
+
+def test_redis_down_is_store_unavailable_quickly():
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cache = replay.RedisReplayCache(f"redis://127.0.0.1:{port}/0")
+    started = time.monotonic()
+    with pytest.raises(errors.StoreUnavailable, match="replay cache"):
+        cache.check_and_remember("iss", "j", int(time.time()) + 60)
+    assert time.monotonic() - started < 1.5
+    cache.close()
+
+
+# --- when the store is down ------------------------------------------------------------------------
+
+
+class DownStore:
+    """A store that is down until told otherwise (a stand-in for the store's outcome, not the product)."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.calls = 0
+        self.seen: set[tuple[str, str]] = set()
+
+    def check_and_remember(self, iss, jti, expires_at):
+        self.calls += 1
+        if self.down:
+            raise errors.StoreUnavailable("replay cache: OperationalError")
+        if (iss, jti) in self.seen:
+            return False
+        self.seen.add((iss, jti))
+        return True
+
+    def close(self):
+        pass
+
+
+def test_when_down_refuse_is_a_503_and_spares_the_store():
+    store, clock = DownStore(), Clock()
+    guarded = replay.GuardedReplay(store, when_down=config.ReplayWhenDown.REFUSE, clock=clock)
+    for jti in ("a", "b", "c"):
+        with pytest.raises(errors.StoreUnavailable) as caught:
+            guarded.check_and_remember("iss", jti, 2_000_000_000)
+        assert caught.value.status == 503 and caught.value.retry_after
+    assert store.calls == 1  # asked once, then left alone for PROBE_SECONDS
+    clock.now += replay.PROBE_SECONDS
+    store.down = False
+    assert guarded.check_and_remember("iss", "d", 2_000_000_000) is True
+
+
+def test_when_down_memory_accepts_each_id_once_per_worker():
+    store, clock = DownStore(), Clock()
+    guarded = replay.GuardedReplay(store, when_down=config.ReplayWhenDown.MEMORY, clock=clock)
+    expires = int(time.time()) + 60
+    assert guarded.check_and_remember("iss", "a", expires) is True
+    assert guarded.check_and_remember("iss", "a", expires) is False
+    assert guarded.check_and_remember("iss", "b", expires) is True
+    clock.now += replay.PROBE_SECONDS
+    store.down = False
+    assert guarded.check_and_remember("iss", "a", expires) is False  # accepted while down: still a replay
+    assert guarded.check_and_remember("iss", "c", expires) is True
+    assert store.seen == {("iss", "c")}
+
+
+def test_build_replay_picks_redis_when_configured(tmp_path):
+    engine = schema.create_engine(f"sqlite:///{tmp_path / 'cds.db'}")
+    schema.create_schema(engine)
+    guarded = replay.build_replay(config.ReplaySettings(url=REDIS_URL), engine)
+    assert isinstance(guarded.store, replay.RedisReplayCache)
+    guarded.close()
+    guarded = replay.build_replay(config.ReplaySettings(), engine)
+    assert isinstance(guarded.store, ReplayCache)
+    guarded.close()
+    engine.dispose()

@@ -12,6 +12,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -48,3 +49,81 @@ def postgres_schema() -> Iterator[str]:
             yield f"{POSTGRES_URL}{separator}options=-csearch_path%3D{name}"
         finally:
             admin.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+class Forwarder:
+    """A TCP forwarder to a database server that can start refusing connections, the way a
+    PostgreSQL that was stopped (or restarted) does; real bytes, real server behind it."""
+
+    def __init__(self, host: str, port: int) -> None:
+        import socket
+        import threading
+
+        self._target = (host, port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[Any] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def refuse(self) -> None:
+        """Close the port and every forwarded connection: new connects are refused."""
+        import socket
+
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(self._target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                return
+            with self._lock:
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+
+
+def _pump(source: Any, sink: Any) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+
+
+@contextlib.contextmanager
+def forwarded(url: str) -> Iterator[tuple[str, Forwarder]]:
+    """The PostgreSQL ``url`` reached through a ``Forwarder``: (its URL, the forwarder)."""
+    parts = urlsplit(url)
+    forwarder = Forwarder(parts.hostname or "127.0.0.1", parts.port or 5432)
+    netloc = parts.netloc.replace(f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or "",
+                                  f"127.0.0.1:{forwarder.port}")
+    try:
+        yield parts._replace(netloc=netloc).geturl(), forwarder
+    finally:
+        forwarder.refuse()
+
+
+@contextlib.contextmanager
+def sqlite_write_locked(path: str | Path) -> Iterator[None]:
+    """Another connection's transaction holding a SQLite file's write lock (a stuck writer)."""
+    import sqlite3
+
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
