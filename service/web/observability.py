@@ -190,7 +190,7 @@ def _call_fields() -> dict[str, Any]:
     if call.orders_reviewed is not None:
         fields["orders_reviewed"] = call.orders_reviewed
         fields["rules"] = dict(call.ratings)
-        fields["cards"] = [{"rule": c.rule_id, "indicator": c.indicator} for c in call.cards]
+        fields["cards"] = [{"rule": c.rule_id, "indicator": c.indicator, "modality": c.modality} for c in call.cards]
         if call.prefetch is not None:
             fields["prefetch_hits"] = [k for k, s in call.prefetch.items() if s == call_record.FROM_PREFETCH]
             fields["prefetch_misses"] = [k for k, s in call.prefetch.items() if s != call_record.FROM_PREFETCH]
