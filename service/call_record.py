@@ -26,6 +26,7 @@ class CallCard:
     rule_id: str                        # = source.topic.code
     indicator: str                      # info | warning | critical
     rating: str | None                  # the appropriateness rating the card carries, if any
+    modality: str | None = None         # mri | ct | xr: the modality of the order it is about
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -48,7 +48,7 @@ def load(config_file: Path | None) -> config.Settings:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lumbar-mri-cds")
 def cli() -> None:
-    """A CDS Hooks service that reviews lumbar spine MRI orders against imaging guidelines."""
+    """A CDS Hooks service that reviews lumbar spine imaging orders (MRI, CT, radiography) against imaging guidelines."""
 
 
 cli.add_command(audit_command.audit)
@@ -132,12 +132,12 @@ def evaluate(request_file: Path, as_json: bool, today: Any) -> None:
 
     data = envelope.parse_json(request_file.read_bytes())
     hook = data.get("hook") if isinstance(data, dict) else None
-    spec = next((s for s in pipeline.SERVICES.values() if s.hook == hook), None)
-    if spec is None:
-        raise InvalidRequest(f"{request_file}: hook must be one of {', '.join(s.hook for s in pipeline.SERVICES.values())}")
-    hook_request = envelope.parse_request(data, hook=spec.hook)
     evaluator = pipeline.Evaluator.load()
-    evaluation = evaluator.evaluate(hook_request, today.date() if today else date.today(), fetcher=None)
+    spec = next((s for s in evaluator.catalogue.values() if s.hook == hook), None)
+    if spec is None:
+        raise InvalidRequest(f"{request_file}: hook must be one of {', '.join(s.hook for s in evaluator.catalogue.values())}")
+    hook_request = envelope.parse_request(data, hook=spec.hook)
+    evaluation = evaluator.evaluate(hook_request, today.date() if today else date.today(), fetcher=None, service=spec)
     if as_json:
         click.echo(orjson.dumps(evaluation.response, option=orjson.OPT_INDENT_2).decode())
     else:

@@ -19,7 +19,7 @@ import requests
 from service import config
 from service import errors
 from service.facts.dates import shift_dates
-from service.pipeline import SERVICES
+from service.catalogue import load_catalogue
 from service.security import signer as signer_mod
 
 TIMEOUT_SECONDS = 30.0
@@ -38,9 +38,10 @@ class CallResult:
 def service_for(data: Any) -> str:
     """The id of the service that answers this request's hook; InvalidRequest otherwise."""
     hook = data.get("hook") if isinstance(data, dict) else None
-    spec = next((s for s in SERVICES.values() if s.hook == hook), None)
+    services = load_catalogue().values()  # cards/services.toml, the one list of services
+    spec = next((s for s in services if s.hook == hook), None)
     if spec is None:
-        raise errors.InvalidRequest(f"hook must be one of {', '.join(s.hook for s in SERVICES.values())}", expression="hook")
+        raise errors.InvalidRequest(f"hook must be one of {', '.join(s.hook for s in services)}", expression="hook")
     return spec.id
 
 

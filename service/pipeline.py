@@ -12,7 +12,11 @@ from dataclasses import field
 from datetime import date
 from typing import Any
 
+from service.catalogue import Catalogue
+from service.catalogue import ServiceSpec
+from service.catalogue import load_catalogue
 from service.facts import extract
+from service.facts import model
 from service.facts.codes import ValueSets
 from service.intake import prefetch
 from service.intake.envelope import HookRequest
@@ -26,40 +30,6 @@ log = logging.getLogger(__name__)
 ADULT_AGE = 18  # decision-rules.md: adults only (ACR-LBP is for adults)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServiceSpec:
-    id: str
-    hook: str
-    title: str
-    description: str
-
-
-SERVICES: dict[str, ServiceSpec] = {
-    spec.id: spec
-    for spec in (
-        ServiceSpec(
-            id="order-select",
-            hook="order-select",
-            title="Lumbar spine MRI appropriateness (order select)",
-            description=(
-                "Reviews a selected lumbar spine MRI order against the ACR Appropriateness Criteria "
-                "for low back pain, ACP guidance and Choosing Wisely; returns cards, one-click "
-                "alternatives and a PAMA appropriateness rating."
-            ),
-        ),
-        ServiceSpec(
-            id="order-sign",
-            hook="order-sign",
-            title="Lumbar spine MRI appropriateness (order sign)",
-            description=(
-                "Reviews every draft lumbar spine MRI order at signing against the ACR "
-                "Appropriateness Criteria for low back pain; returns cards and a PAMA rating."
-            ),
-        ),
-    )
-}
-
-
 @dataclass(kw_only=True)
 class Evaluation:
     """What one hook call produced: the response JSON and what the store and logs need."""
@@ -67,39 +37,55 @@ class Evaluation:
     response: dict[str, Any]
     cards: list[render.RenderedCard] = field(default_factory=list)
     ratings: dict[str, str] = field(default_factory=dict)    # rule id -> rating, for logs and metrics
+    modalities: dict[str, str] = field(default_factory=dict) # card uuid -> modality of its order (store, report)
+    card_ratings: dict[str, str] = field(default_factory=dict)  # card uuid -> the rating it carries (rating cards)
     orders_reviewed: int = 0
     record: prefetch.PatientRecord | None = None
     decisions: list[engine.Decision] = field(default_factory=list)  # one per order reviewed (the audit reads them)
 
 
 class Evaluator:
-    """Value sets, rule table and card content, loaded and checked once; evaluates requests."""
+    """Value sets, rule table, card content and the service catalogue, loaded and checked once;
+    evaluates requests."""
 
     @classmethod
     def load(cls) -> Evaluator:
         """The evaluator of the shipped value sets and cards/ (read and checked once)."""
         from service.rules import table as rule_table
 
-        return cls(ValueSets.load(), rule_table.load_table())
+        return cls(ValueSets.load(), rule_table.load_table(), load_catalogue())
 
-    def __init__(self, value_sets: ValueSets, table: RuleTable) -> None:
+    def __init__(self, value_sets: ValueSets, table: RuleTable, catalogue: Catalogue | None = None) -> None:
         self.value_sets = value_sets
         self.table = table
+        self.catalogue: Catalogue = catalogue if catalogue is not None else load_catalogue()
         self.prepared = render.prepare(table)  # also warms fhir.resources' validators
         observation_codes = value_sets.codings("body_temperature") + value_sets.codings("pregnancy_status_observation")
         self.templates = prefetch.build_templates(observation_codes)
 
-    def orders_to_review(self, request: HookRequest) -> list[Mapping[str, Any]]:
-        """The draft lumbar MRI orders this call asks about (selections for order-select)."""
-        drafts = [r for r in request.draft_orders if extract.lumbar_mri(r, self.value_sets) is not None]
+    def service_for(self, hook: str) -> ServiceSpec | None:
+        """The catalogue's service for this hook (the first one listed), if any."""
+        return next((s for s in self.catalogue.values() if s.hook == hook), None)
+
+    def orders_to_review(self, request: HookRequest, service: ServiceSpec | None = None) -> list[tuple[Mapping[str, Any], model.Study]]:
+        """The draft orders this call asks about that the service reviews (selections for order-select),
+        each with the study it orders, read once."""
+        service = service or self.service_for(request.hook)
+        reviews = service.reviews if service is not None else extract.REVIEWED
+        drafts = []
+        for resource in request.draft_orders:
+            study = extract.ordered_study(resource, self.value_sets, reviews)
+            if study is not None:
+                drafts.append((resource, study))
         if request.hook != "order-select":
             return drafts
         wanted = set(request.selections or ())
-        return [r for r in drafts if f"ServiceRequest/{r.get('id')}" in wanted]
+        return [(r, s) for r, s in drafts if f"ServiceRequest/{r.get('id')}" in wanted]
 
-    def evaluate(self, request: HookRequest, today: date, fetcher: prefetch.Fetcher | None = None) -> Evaluation:
-        """Review the call's lumbar MRI orders; 412 (DataUnobtainable) when required data is missing."""
-        orders = self.orders_to_review(request)
+    def evaluate(self, request: HookRequest, today: date, fetcher: prefetch.Fetcher | None = None,
+                 service: ServiceSpec | None = None) -> Evaluation:
+        """Review the call's lumbar imaging orders; 412 (DataUnobtainable) when required data is missing."""
+        orders = self.orders_to_review(request, service)
         if not orders:
             return Evaluation(response={"cards": []})
         record = prefetch.resolve(request.prefetch, self.templates, request.patient_id, fetcher)
@@ -109,8 +95,8 @@ class Evaluator:
             return evaluation  # children, or no birth date: ACR-LBP does not apply; no card, no rating
         system_actions = []
         seen: set[str] = set()
-        for order in orders:
-            facts = extract.facts_for_order(patient, order, self.value_sets)
+        for order, study in orders:
+            facts = extract.facts_for_order(patient, order, self.value_sets, study)
             if facts is None or facts.order.reference in seen:
                 continue
             seen.add(facts.order.reference)
@@ -118,8 +104,13 @@ class Evaluator:
             evaluation.decisions.append(decision)
             rendered, action = render.render_decision(decision, self.table, self.prepared)
             evaluation.cards.extend(rendered)
+            for card in rendered:
+                evaluation.modalities[card.card["uuid"]] = study.modality.value
             if decision.rule is not None:
                 evaluation.ratings[decision.rule.id] = decision.rating or "none"
+                for card in rendered:
+                    if card.rule_id == decision.rule.id:
+                        evaluation.card_ratings[card.card["uuid"]] = decision.rating or "none"
             if action is not None:
                 system_actions.append(action)
         response: dict[str, Any] = {"cards": [c.card for c in evaluation.cards]}

@@ -13,6 +13,7 @@ from flask import Flask
 
 from service import config
 from service import pipeline
+from service.catalogue import Catalogue
 from service.intake import fhir_client
 from service.security import jwt as jwt_check
 from service.security import replay
@@ -37,6 +38,11 @@ class Services:
     fetcher: fhir_client.FhirFetcher         # FHIR reads for what prefetch lacks
     evaluator: pipeline.Evaluator            # value sets, rule table and cards, loaded and checked
     recorder: card_store.CardStore           # cards issued and feedback received
+
+    @property
+    def catalogue(self) -> Catalogue:
+        """The CDS services offered (cards/services.toml), as the evaluator loaded and checked them."""
+        return self.evaluator.catalogue
 
     def close(self) -> None:
         """Release pooled connections and threads."""

@@ -13,6 +13,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from service.facts import model
 from service.facts.dates import shift_dates
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,10 +131,21 @@ def medication_dispense(code: str, display: str, *, handed_over: str, days_suppl
     return out
 
 
-def imaging_report(code: str = "72148", *, on: str, pid: str = "patient-1") -> dict[str, Any]:
+def imaging_report(code: str = "72148", *, on: str, pid: str = "patient-1", display: str = "MRI lumbar spine") -> dict[str, Any]:
     return {"resourceType": "DiagnosticReport", "id": _id("report"), "status": "final",
-            "code": {"coding": [coding(code, "MRI lumbar spine")]}, "subject": {"reference": f"Patient/{pid}"},
+            "code": {"coding": [coding(code, display)]}, "subject": {"reference": f"Patient/{pid}"},
             "effectiveDateTime": on}
+
+
+def study(code: str = "72148", contrast: model.Contrast = model.Contrast.WITHOUT, modality: model.Modality = model.Modality.MRI,
+          system: str = CPT) -> model.Study:
+    """The study value of a lumbar order (what facts.extract.ordered_study reads from the draft)."""
+    return model.Study(modality=modality, contrast=contrast, region="lumbar", system=system, code=code, display=None)
+
+
+def imaging_order(code: str, **kwargs: Any) -> dict[str, Any]:
+    """A draft ServiceRequest for any lumbar study (MRI, CT or radiography), as the EHR sends it."""
+    return mri_order(code, **kwargs)
 
 
 def mri_order(code: str = "72148", *, reasons: list[dict[str, Any]] | None = None, oid: str = "example-request-id",

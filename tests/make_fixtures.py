@@ -103,6 +103,36 @@ def stories() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
         ], orders=[o("72148", reasons=[LBP], oid="mri-1"), o("72149", reasons=[LBP], oid="mri-2"),
                    {"resourceType": "ServiceRequest", "id": "cbc-1", "status": "draft", "intent": "plan",
                     "code": {"coding": [f.coding("58410-2", "CBC panel")]}, "subject": {"reference": "Patient/pat-sign"}}]),
+        *modality_stories(),
+    ]
+
+
+def modality_stories() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """decision-rules.md v2 change 6: lumbar CT and radiography orders (written as of 2026-11-26)."""
+    c, o = f.condition, f.imaging_order
+    radiculopathy = f.coding("M54.16", "Radiculopathy, lumbar region")
+    return [
+        story("ct-acute-uncomplicated", "pat-ct-acute", birth="1988-03-09", gender="female", resources=[
+            c("M54.50", onset="2026-11-14", display="Low back pain, unspecified", cid="cond-ct-acute-lbp"),
+        ], orders=[o("72131", reasons=[LBP], display="CT lumbar spine without contrast")]),
+        story("ct-pregnancy", "pat-ct-pregnant", birth="1993-04-21", gender="female", resources=[
+            c("Z34.90", onset="2026-07-01", display="Encounter for supervision of normal pregnancy, unspecified, unspecified trimester",
+              cid="cond-ct-pregnant"),
+            c("M54.16", onset="2026-08-15", display="Radiculopathy, lumbar region", cid="cond-ct-pregnant-radic"),
+            f.procedure("97110", performed="2026-09-01", display="Therapeutic exercises"),
+            f.procedure("97110", performed="2026-09-22", display="Therapeutic exercises"),
+        ], orders=[o("72131", reasons=[radiculopathy], display="CT lumbar spine without contrast")]),
+        story("ct-cauda-equina", "pat-ct-cauda", birth="1970-08-30", gender="male", resources=[
+            c("M54.50", onset="2026-11-21", cid="cond-ct-cauda-lbp"),
+            c("G83.4", onset="2026-11-25", verification="provisional", display="Cauda equina syndrome", cid="cond-ct-cauda"),
+        ], orders=[o("72131", reasons=[LBP], display="CT lumbar spine without contrast")]),
+        story("xr-acute-uncomplicated", "pat-xr-acute", birth="1991-12-02", gender="male", resources=[
+            c("M54.50", onset="2026-11-16", display="Low back pain, unspecified", cid="cond-xr-acute-lbp"),
+        ], orders=[o("72100", reasons=[LBP], display="X-ray lumbosacral spine, 2 or 3 views")]),
+        story("ct-repeat-imaging", "pat-ct-repeat", birth="1975-05-19", gender="female", resources=[
+            c("M54.50", onset="2026-11-05", cid="cond-ct-repeat-lbp"),
+            f.imaging_report("72131", on="2026-07-14", display="CT lumbar spine without contrast"),
+        ], orders=[o("72131", reasons=[LBP])]),
     ]
 
 

@@ -25,13 +25,19 @@ STORIES = [
     ("no-indication", "rule: no-indication"),
     ("no-criteria-apply", "Rating: ServiceRequest/example-request-id = no-criteria-apply"),
     ("pregnancy-contrast", "rule: pregnancy-contrast"),
-    ("contrast-choice", "rule: contrast-choice"),
+    ("contrast-choice", "Change to MRI lumbar spine without contrast (72148)"),
     ("repeat-imaging", "rule: repeat-imaging"),
     ("acute-weaker-risk-factors", "found, does not by itself support immediate imaging"),
     ("trauma-high-energy", "* suggestion: Change to CT lumbar spine without contrast"),
     ("cauda-equina-contrast", "* suggestion: Make STAT and change to MRI lumbar spine without contrast (72148)"),
     ("child", "No cards (no card for this order)."),
-    ("sandbox-empty-order", "No cards (no lumbar MRI order to review)."),
+    ("sandbox-empty-order", "No cards (no lumbar imaging order to review)."),
+    # v2 change 6: lumbar CT and radiography orders
+    ("ct-acute-uncomplicated", "[WARNING] Lumbar CT not recommended: acute low back pain without red flags (< 6 weeks)"),
+    ("ct-pregnancy", "[WARNING] Pregnant patient: MRI without contrast is the imaging of choice in pregnancy, not lumbar CT"),
+    ("ct-cauda-equina", "* suggestion: Make STAT and change to MRI lumbar spine without contrast (72148)"),
+    ("xr-acute-uncomplicated", "No rating recorded: PAMA appropriate use criteria cover advanced imaging (MRI, CT) only."),
+    ("ct-repeat-imaging", "[WARNING] Lumbar CT already done on 2026-07-14"),
 ]
 
 
@@ -121,3 +127,16 @@ def test_rules_json(capsys):
     assert concept["name"] == "glucocorticoid_medication" and concept["codes"]["RxNorm"] > 0
     assert all(s["release"] and s["title"] for s in concept["sources"])
     assert [r["id"] for r in model["rules"]][-1] == "no-criteria-apply"
+    # v2 change 6: the rating table, each row with its source; radiography is never rated
+    rows = {r["rule"]: r for r in model["ratings"]}
+    assert rows["cauda-equina"]["studies"]["ct-without"] == "MBA" and rows["cauda-equina"]["source"] == "ACR-LBP"
+    assert rows["trauma-ct-first"]["studies"]["ct-without"] == "UA if high_energy_trauma, else MBA"
+    assert [s["rated"] for s in model["studies"] if s["column"] == "xr"] == [False]
+
+
+def test_rules_prints_the_ratings_by_modality(capsys):
+    code, out, _ = run(capsys, "rules")
+    assert code == 0
+    ratings = out.split("RATINGS BY MODALITY", 1)[1]
+    assert "xr = X-ray lumbar spine, 2 or 3 views (72100) (no rating)" in ratings
+    assert "mri-without UA; mri-without-with MBA; mri-with UNA; ct-without UA;" in ratings  # fracture-risk (V6)

@@ -47,7 +47,7 @@ COLUMNS: tuple[tuple[str, type], ...] = (
     ("outcome", str),            # see OUTCOMES
     ("rule", str),               # the rule that rated the order ("" when none)
     ("rating", str),             # the PAMA rating the service would have recorded ("" when none)
-    ("low_value", bool),         # the rule rates the order not appropriate
+    ("low_value", bool),         # the ordered study is usually not appropriate in the rule's variant
     ("cards", int),              # cards the clinician would have seen
     ("card_rules", str),         # their source.topic codes, ";"-separated
     ("findings", str),           # the facts present that the rules read, ";"-separated
@@ -226,7 +226,9 @@ def read_evaluation(row: dict[str, Any], evaluation: Any) -> dict[str, Any]:
     row["outcome"] = "decided"
     row["rule"] = decision.rule.id
     row["rating"] = evaluation.ratings.get(decision.rule.id, "")
-    row["low_value"] = decision.rule.rating == LOW_VALUE_RATING
+    # v2 change 6: the ordered study's ACR rating in the rule's variant decides (radiography, which is
+    # never rated, included); a rule without a row of the rating table (9, 10) keeps its own rating.
+    row["low_value"] = decision.acr == "UNA" if decision.acr is not None else decision.rule.rating == LOW_VALUE_RATING
     return row
 
 

@@ -110,7 +110,10 @@ GLUCOCORTICOIDS = "glucocorticoid_medication"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 # Which concept makes a prior study of which modality (decision-rules.md "prior lumbar imaging").
 STUDY_CONCEPTS: dict[str, model.Modality] = {"order_mri_lumbar": M.MRI, "order_ct_lumbar": M.CT, "order_xray_lumbar": M.XR}
-REVIEWED: dict[str, model.Modality] = {"order_mri_lumbar": M.MRI}  # orders reviewed now; CT and XR: issue 13
+# The orders reviewed: every lumbar study (v2 change 6). cards/services.toml names, per service, which
+# of these concepts it reviews; this is the default when a caller gives none.
+REVIEWED: tuple[str, ...] = tuple(STUDY_CONCEPTS)
+REGION = "lumbar"                 # the body region of every concept above
 
 # Immunosuppression whose history counts (decision-rules.md: transplant, HIV): ICD-10 prefixes.
 IMMUNOSUPPRESSION_HISTORY_PREFIXES = ("B20", "Z21", "Z94")
@@ -530,14 +533,8 @@ def _recent(on: date | None, today: date, days: int) -> bool:
     return on is not None and on <= today and (today - on).days <= days
 
 
-def lumbar_mri(order: Mapping[str, Any], vs: ValueSets) -> tuple[str, str, str | None, model.Contrast] | None:
-    """(system, code, display, contrast) when this ServiceRequest orders a reviewed lumbar study."""
-    study = ordered_study(order, vs)
-    return None if study is None else study[1:]
-
-
-def ordered_study(order: Mapping[str, Any], vs: ValueSets) -> tuple[model.Modality, str, str, str | None, model.Contrast] | None:
-    """(modality, system, code, display, contrast) of a ServiceRequest for a reviewed lumbar study."""
+def ordered_study(order: Mapping[str, Any], vs: ValueSets, reviewed: tuple[str, ...] = REVIEWED) -> model.Study | None:
+    """The study a ServiceRequest orders, when it is one of the ``reviewed`` value-set concepts."""
     if order.get("resourceType") != "ServiceRequest":
         return None
     for coding in _codings(order.get("code")):
@@ -545,20 +542,20 @@ def ordered_study(order: Mapping[str, Any], vs: ValueSets) -> tuple[model.Modali
         if not isinstance(system, str) or not isinstance(code, str):
             continue
         concepts = vs.concepts(system, code)
-        for concept, modality in REVIEWED.items():
+        for concept in reviewed:
             if concept in concepts:
                 contrast = vs.contrast(system, code) or "unknown"
                 display = coding.get("display")
-                return modality, system, code, display if isinstance(display, str) else None, model.Contrast(contrast)
+                return model.Study(modality=STUDY_CONCEPTS[concept], contrast=model.Contrast(contrast), region=REGION,
+                                   system=system, code=code, display=display if isinstance(display, str) else None)
     return None
 
 
-def facts_for_order(patient: PatientFacts, order: Mapping[str, Any], vs: ValueSets) -> model.Facts | None:
+def facts_for_order(patient: PatientFacts, order: Mapping[str, Any], vs: ValueSets, study: model.Study | None = None) -> model.Facts | None:
     """The facts for one lumbar study order: the patient's findings plus the order's own reasons."""
-    study = ordered_study(order, vs)
+    study = study or ordered_study(order, vs)
     if study is None:
         return None
-    modality, system, code, display, contrast = study
     today = patient.today
     found = {k: list(v) for k, v in patient.findings.items()}
     episode_dates = list(patient.episode_dates)
@@ -576,7 +573,7 @@ def facts_for_order(patient: PatientFacts, order: Mapping[str, Any], vs: ValueSe
         found[F.PAIN_OVER_ONE_MONTH] = [model.Evidence(reference="episode", on=start, text=f"back pain for {episode_days} days")]
     if F.RECENT_TRAUMA in found and _older(patient):
         found[F.OLDER_AGE] = [model.Evidence(reference="Patient", on=None, text=f"age {patient.age}")]
-    prior = [e for m, e in patient.prior_studies if m is modality]
+    prior = [e for m, e in patient.prior_studies if m is study.modality]
     if prior:
         found[F.PRIOR_LUMBAR_IMAGING] = prior
     priority = order.get("priority")
@@ -587,13 +584,9 @@ def facts_for_order(patient: PatientFacts, order: Mapping[str, Any], vs: ValueSe
         order=model.Order(
             reference=_reference(order),
             resource=order,
-            system=system,
-            code=code,
-            display=display,
-            contrast=contrast,
+            study=study,
             priority=priority if isinstance(priority, str) else None,
             has_reason=has_reason,
-            modality=modality,
         ),
         findings={k: tuple(v) for k, v in found.items()},
         episode_start=start,

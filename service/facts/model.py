@@ -53,11 +53,11 @@ class Modality(StrEnum):
 
 
 class Contrast(StrEnum):
-    """Which contrast option a lumbar study asks for (codes.json `order_mri_lumbar`)."""
+    """Which contrast option a lumbar study asks for (valuesets.json `contrast` of its code)."""
 
-    WITHOUT = "without"            # CPT 72148
-    WITH = "with"                  # CPT 72149
-    WITHOUT_WITH = "without-with"  # CPT 72158
+    WITHOUT = "without"            # MRI 72148, CT 72131
+    WITH = "with"                  # MRI 72149, CT 72132
+    WITHOUT_WITH = "without-with"  # MRI 72158, CT 72133
     UNKNOWN = "unknown"            # e.g. LOINC 24968-0 "MR Lumbar spine"
 
 
@@ -69,16 +69,65 @@ class Evidence:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Study:
+    """The study a draft order asks for, read once from its code (decision-rules.md "What is reviewed").
+
+    Everything past ``facts/`` asks this value which study was ordered (its modality, contrast and body
+    region), never a code: the rating table in cards/ratings.toml is keyed by ``column``.
+    """
+
+    modality: Modality
+    contrast: Contrast
+    region: str                # the value set's body region, e.g. "lumbar"
+    system: str                # the coding that made it a reviewed study
+    code: str
+    display: str | None
+
+    @property
+    def column(self) -> str:
+        """The study's column of the rating table: ``mri-without`` .. ``ct-without-with``, ``xr``.
+
+        Radiography has one column whatever the views; a code that does not say its contrast (LOINC
+        "MR Lumbar spine") is read as the modality's study without contrast (README "Choices made").
+        """
+        if self.modality is Modality.XR:
+            return Modality.XR.value
+        contrast = Contrast.WITHOUT if self.contrast is Contrast.UNKNOWN else self.contrast
+        return f"{self.modality.value}-{contrast.value}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Order:
     reference: str             # "ServiceRequest/abc"
     resource: Mapping          # the draft ServiceRequest as sent (JSON), for update/delete suggestions
-    system: str                # the coding that made it a lumbar study
-    code: str
-    display: str | None
-    contrast: Contrast
+    study: Study               # what it orders
     priority: str | None       # routine | urgent | asap | stat
     has_reason: bool           # any reasonCode coding or reasonReference
-    modality: Modality = Modality.MRI
+
+    @property
+    def system(self) -> str:
+        """The code system of the ordered study's coding."""
+        return self.study.system
+
+    @property
+    def code(self) -> str:
+        """The ordered study's code."""
+        return self.study.code
+
+    @property
+    def display(self) -> str | None:
+        """The display the order gives its code, if any."""
+        return self.study.display
+
+    @property
+    def contrast(self) -> Contrast:
+        """The ordered study's contrast option."""
+        return self.study.contrast
+
+    @property
+    def modality(self) -> Modality:
+        """The ordered study's modality."""
+        return self.study.modality
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

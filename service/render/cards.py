@@ -17,7 +17,9 @@ from service.facts.model import Facts
 from service.facts.model import Finding
 from service.render import actions
 from service.rules import vocabulary
+from service.rules.engine import PAMA_OF_ACR
 from service.rules.engine import Decision
+from service.rules.engine import study_rating
 from service.rules.predicates import PREDICATES
 from service.rules.predicates import READS
 from service.rules.predicates import WEAKER_RISK_FACTORS
@@ -89,7 +91,7 @@ def _deciding_predicates(rule_id: str, names: tuple[str, ...], table: RuleTable)
     content = table.cards.get(rule_id)
     extra: list[str] = []
     if content is not None:
-        extra += [v.when for v in content.variants]
+        extra += [name for v in content.variants for name in v.when]
         extra += [p for s in content.suggestions for p in (s.recommended_when, s.omit_when) if p]
     return tuple(dict.fromkeys(n for n in (*names, *extra) if n != "weaker_risk_factor"))
 
@@ -98,7 +100,7 @@ def prepare_checks(table: RuleTable) -> actions.Checks:
     """The action checks, with every element the card content can add checked now, at start-up."""
     checks = actions.Checks()
     ratings = {r.rating for r in table.rules} | {s.rating for c in table.cards.values() for s in c.suggestions}
-    for rating in sorted(r for r in ratings if r and r not in ("none", "same-as-order")):
+    for rating in sorted(r for r in ratings if r and r not in ("none", "same-as-order", "as-rated")):
         checks.rating(rating, "none")
     for rule_id in sorted({r.id for r in table.rules} | {"none"}):
         checks.rating("appropriate", rule_id)
@@ -110,6 +112,8 @@ def prepare_checks(table: RuleTable) -> actions.Checks:
         for spec in content.suggestions:
             if spec.action == "replace-code" and spec.code:
                 checks.code(spec.code, spec.display or spec.code)
+    for study in table.studies.values():  # the better study a rating card may offer
+        checks.code(study.code, study.display)
     for modifier in table.modifiers:
         if modifier.replace_with:
             checks.code(modifier.replace_with, modifier.replace_display or modifier.replace_with)
@@ -143,12 +147,16 @@ def render_decision(
     rule = decision.rule
     rule_id = rule.id if rule else "none"
     parts: list[tuple[CardContent, Modifier | None, list[_Offer]]] = []
-    if rule is not None and rule.card:
+    # v2 "Ratings by modality": an unrated study (radiography) that is usually or may be appropriate
+    # in the variant gets no rating card.
+    if rule is not None and rule.card and (decision.rated or decision.acr in (None, "UNA")):
         content = table.cards[rule.id]
-        parts.append((content, None, _offers(content, decision, draft, None)))
+        offers = _offers(content, decision, draft, None, table)
+        _rating_extras(offers, content, decision, draft, table, rule_id)
+        parts.append((content, None, offers))
     for modifier in decision.modifiers:
         content = table.cards[modifier.id]
-        parts.append((content, modifier, _offers(content, decision, draft, modifier)))
+        parts.append((content, modifier, _offers(content, decision, draft, modifier, table)))
     _merge(parts, decision, draft, rule_id)
     rendered = [
         _card(content, decision, table, prepared, offers, rating_card=modifier is None)
@@ -172,9 +180,7 @@ def _merge(parts: list[tuple[CardContent, Modifier | None, list[_Offer]]], decis
     first = parts[0][2] if rating else []
     # The rating card asks for STAT (rule 1) unless the order already is: even where the plain STAT
     # suggestion is left out (the ordered study is not usually appropriate), study changes carry it.
-    stat = rating and decision.facts.order.priority not in ("stat", "asap") and any(
-        s.action == "set-priority-stat" for s in parts[0][0].suggestions
-    )
+    stat = rating and _wants_stat(parts[0][0], decision)
     offered = {(o.spec.action, o.code) for o in first}
     # When the rating card recommends cancelling the order, a modifier's change to it is still
     # offered but not recommended: the two are not to be accepted together.
@@ -196,6 +202,39 @@ def _merge(parts: list[tuple[CardContent, Modifier | None, list[_Offer]]], decis
             offered.add((offer.spec.action, offer.code))
 
 
+def _wants_stat(content: CardContent, decision: Decision) -> bool:
+    """Whether the rating card asks for the order to be made STAT (rule 1, an order not yet urgent)."""
+    return decision.facts.order.priority not in ("stat", "asap") and any(s.action == "set-priority-stat" for s in content.suggestions)
+
+
+def _rating_extras(offers: list[_Offer], content: CardContent, decision: Decision, draft: actions.Draft,
+                   table: RuleTable, rule_id: str) -> None:
+    """v2 "Ratings by modality": the rating card offers the usually appropriate study when the ordered
+    one is rated lower (made STAT too under rule 1), unless the card already offers it; an unrated
+    study (radiography) that is usually not appropriate, with nothing better, gets a cancel."""
+    better = decision.better
+    if better is not None and not any(o.code == better.code for o in offers):
+        rating = PAMA_OF_ACR["UA"] if better.rated else None
+        stat = _wants_stat(content, decision)
+        label = table.texts["suggestion"].format(better=better.display, code=better.code)
+        spec = Suggestion(key=f"better-{better.column}", label=label, action="replace-code", recommended=True)
+        try:
+            if stat:
+                action = actions.stat_and_replace_code(draft, better.code, better.display, rating, rule_id)
+                label = f"Make STAT and change to {better.display} ({better.code})"
+            else:
+                action = actions.replace_code(draft, better.code, better.display, rating, rule_id)
+        except actions.InvalidOrder as exc:
+            log.warning("better study dropped for %s: %s", decision.facts.order.reference, exc)
+        else:
+            offers.insert(0, _Offer(spec, _suggestion_json(label, True, action), code=better.code, display=better.display,
+                                    rating=rating, stat=stat))
+    cancel = not decision.rated and decision.acr == "UNA" and better is None
+    if cancel and not any(o.spec.action == "delete-order" for o in offers):
+        spec = Suggestion(key="cancel", label=_fill(table.texts["cancel"], decision, table), action="delete-order", recommended=False)
+        offers.append(_Offer(spec, _suggestion_json(spec.label, False, actions.delete_order(draft))))
+
+
 def _stat_and_code(offer: _Offer, decision: Decision, draft: actions.Draft, rule_id: str) -> _Offer | None:
     try:
         action = actions.stat_and_replace_code(draft, offer.code or "", offer.display or "", offer.rating, rule_id)
@@ -207,7 +246,8 @@ def _stat_and_code(offer: _Offer, decision: Decision, draft: actions.Draft, rule
     return _Offer(spec, _suggestion_json(label, True, action), code=offer.code, display=offer.display, stat=True)
 
 
-def _offers(content: CardContent, decision: Decision, draft: actions.Draft, modifier: Modifier | None) -> list[_Offer]:
+def _offers(content: CardContent, decision: Decision, draft: actions.Draft, modifier: Modifier | None,
+            table: RuleTable) -> list[_Offer]:
     """The card's suggestions for these facts: conditions applied, recommended ones first."""
     facts = decision.facts
     out: list[_Offer] = []
@@ -219,7 +259,7 @@ def _offers(content: CardContent, decision: Decision, draft: actions.Draft, modi
             recommended = PREDICATES[spec.recommended_when](facts)
         if spec.recommended_unless and PREDICATES[spec.recommended_unless](facts):
             recommended = False
-        offer = _suggestion(spec, recommended, decision, draft, modifier)
+        offer = _suggestion(spec, recommended, decision, draft, modifier, table)
         if offer is not None:
             out.append(offer)
     if any(s.recommended_when for s in content.suggestions):
@@ -240,12 +280,13 @@ def _card(
     prior = _prior_date(facts)
     suggestions = [o.json for o in offers]
     lead = table.sources[content.cites[0]]
-    variant = next((v for v in content.variants if PREDICATES[v.when](facts)), None)
-    summary = (variant.summary if variant and variant.summary else None) or content.summary
+    variant = next((v for v in content.variants if all(PREDICATES[w](facts) for w in v.when)), None)
+    summary = (variant.summary if variant and variant.summary else None) or _lower_summary(content, decision, table, rating_card) \
+        or content.summary
     card: dict[str, Any] = {
         "uuid": actions.random_uuid(),
-        "summary": summary.replace("{prior_date}", prior),
-        "detail": _detail(content, decision, prepared, rating_card=rating_card, prior=prior, variant=variant),
+        "summary": _fill(summary, decision, table).replace("{prior_date}", prior),
+        "detail": _detail(content, decision, prepared, table, rating_card=rating_card, prior=prior, variant=variant),
         "indicator": _indicator(content, decision, rating_card),
         "source": {
             "label": lead.label,
@@ -266,14 +307,40 @@ def _card(
 
 
 def _indicator(content: CardContent, decision: Decision, rating_card: bool) -> str:
-    """v2: a rating card's indicator follows its rating (not-appropriate: warning; appropriate: info);
-    rule 1 stays critical. Modifier cards keep their own."""
+    """v2: a rating card's indicator follows the ordered study's rating (usually not appropriate:
+    warning; usually or may be appropriate: info), rated or not; rule 1 stays critical. Modifier cards
+    keep their own."""
     if not rating_card or content.indicator == "critical":
         return content.indicator
+    if decision.acr is not None:
+        return "info" if PAMA_OF_ACR[decision.acr] == "appropriate" else "warning"
     return {"not-appropriate": "warning", "appropriate": "info"}.get(decision.rating or "", content.indicator)
 
 
-def _suggestion(spec: Suggestion, recommended: bool, decision: Decision, draft: actions.Draft, modifier: Modifier | None) -> _Offer | None:
+def _lower_summary(content: CardContent, decision: Decision, table: RuleTable, rating_card: bool) -> str | None:
+    """The summary of a rating card whose rule supports imaging but whose ordered study is rated below
+    a usually appropriate one (e.g. a CT for suspected cancer); rule 1 keeps its own."""
+    row, better = decision.row, decision.better
+    if not rating_card or row is None or better is None or decision.acr in (None, "UA") or content.indicator == "critical":
+        return None
+    if decision.rule is None or decision.rule.rating != "appropriate":
+        return None
+    ordered = decision.ordered
+    return table.texts["summary_lower"].format(ordered=ordered.short if ordered else decision.facts.order.code,
+                                               rated=table.words[decision.acr], situation=row.situation, better=better.short)
+
+
+def _fill(text: str, decision: Decision, table: RuleTable) -> str:
+    """The text with {Study} and {study} naming the ordered study ("Lumbar CT", "lumbar CT")."""
+    if "tudy}" not in text:
+        return text
+    ordered = decision.ordered
+    label = ordered.label if ordered else "Lumbar imaging"
+    return text.replace("{Study}", label).replace("{study}", label[:1].lower() + label[1:])
+
+
+def _suggestion(spec: Suggestion, recommended: bool, decision: Decision, draft: actions.Draft, modifier: Modifier | None,
+                table: RuleTable) -> _Offer | None:
     facts = decision.facts
     rule_id = decision.rule.id if decision.rule else "none"
     rating = decision.rating if spec.rating == "same-as-order" else spec.rating
@@ -287,12 +354,20 @@ def _suggestion(spec: Suggestion, recommended: bool, decision: Decision, draft: 
             case "set-priority-stat":
                 if facts.order.priority in ("stat", "asap"):
                     return None  # already urgent (decision-rules.md rule 1)
+                if decision.acr not in (None, "UA"):
+                    return None  # v2: plain STAT only for a usually appropriate study; a better one carries it
                 action = actions.set_priority_stat(draft, rating, rule_id)
             case "replace-code":
                 code = (modifier.replace_with if modifier and modifier.replace_with else spec.code) or ""
                 display = (modifier.replace_display if modifier and modifier.replace_with else spec.display) or code
                 if code == facts.order.code:
                     return None  # already the study the card proposes
+                target = table.by_code.get(code)
+                offered = study_rating(decision.row, target, facts) if decision.row is not None and target is not None else None
+                if spec.when_usually_appropriate and offered != "UA":
+                    return None  # offered only where the variant rates that study usually appropriate
+                if spec.rating == "as-rated":
+                    rating = PAMA_OF_ACR[offered] if offered is not None and target is not None and target.rated else None
                 action = actions.replace_code(draft, code, display, rating, rule_id)
             case "add-reason":
                 action = actions.add_reason(draft, spec.reason or "")
@@ -301,7 +376,7 @@ def _suggestion(spec: Suggestion, recommended: bool, decision: Decision, draft: 
     except (actions.InvalidOrder, KeyError) as exc:
         log.warning("suggestion %s dropped for %s: %s", spec.key, facts.order.reference, exc)
         return None
-    return _Offer(spec, _suggestion_json(spec.label, recommended, action), code=code, display=display, rating=rating)
+    return _Offer(spec, _suggestion_json(_fill(spec.label, decision, table), recommended, action), code=code, display=display, rating=rating)
 
 
 def _suggestion_json(label: str, recommended: bool, action: dict[str, Any]) -> dict[str, Any]:
@@ -313,19 +388,21 @@ def _prior_date(facts: Facts) -> str:
     return max(dates).isoformat() if dates else "an earlier date"
 
 
-def _detail(content: CardContent, decision: Decision, prepared: Prepared, *, rating_card: bool, prior: str,
+def _detail(content: CardContent, decision: Decision, prepared: Prepared, table: RuleTable, *, rating_card: bool, prior: str,
             variant: Variant | None = None) -> str:
     """v2 layout: the verdict; the facts that decided it; weaker risk factors found; what was looked
     for and not found, in one line; the ordered study and rating; what to do; ACR wording and sources."""
     facts = decision.facts
     verdict = (variant.verdict if variant and variant.verdict else None) or content.verdict
     advice = (variant.advice if variant and variant.advice else None) or content.advice
-    parts = [verdict.replace("{prior_date}", prior)]
+    parts = [_fill(verdict, decision, table).replace("{prior_date}", prior)]
     deciding = _deciding(decision, prepared) if rating_card else set()
     why = _why_lines(facts, prepared, deciding, rating_card)
     if why:
         parts.append("**Why**\n\n" + "\n".join(why))
-    supports = decision.rating == "appropriate"
+    # The rule (the clinical situation) supports imaging, whatever the ordered study's own rating: a red
+    # flag was found, so none is listed as not found (v2 change 1).
+    supports = decision.rule is not None and decision.rule.rating == "appropriate"
     if rating_card and not supports:
         weaker = [(f, label) for f, label in prepared.findings if f in facts.findings and f in WEAKER and f not in deciding]
         if weaker:
@@ -348,12 +425,22 @@ def _detail(content: CardContent, decision: Decision, prepared: Prepared, *, rat
             + ". The verdict was reached without this data; a finding recorded there was not seen."
         )
     system = _CODE_LABELS.get(facts.order.system, facts.order.system)
-    ordered = f"{facts.order.display or 'Lumbar spine MRI'} ({system} {facts.order.code})"
-    rating = f" Rating recorded: **{RATING_WORDS[decision.rating]}**." if rating_card and decision.rating else ""
+    column = decision.ordered
+    ordered = f"{facts.order.display or (column.display if column else facts.order.code)} ({system} {facts.order.code})"
+    rating = ""
+    if rating_card and decision.rating:
+        rating = f" Rating recorded: **{RATING_WORDS[decision.rating]}**."
+    elif rating_card and not decision.rated:
+        rating = " " + table.texts["unrated"]
     parts.append(f"**Ordered study:** {ordered}.{rating}")
+    if rating_card and decision.row is not None and decision.acr is not None:
+        lines = [table.texts["ordered"].format(variant=decision.row.variant, rated=table.words[decision.acr])]
+        if decision.better is not None:
+            lines.append(table.texts["better"].format(better=decision.better.display, code=decision.better.code))
+        parts.append(" ".join(lines))
     if advice:
-        parts.append(advice)
-    parts.append(f"**ACR rating:** {content.acr_rating}")
+        parts.append(_fill(advice, decision, table))
+    parts.append(f"**ACR rating:** {_fill(content.acr_rating, decision, table)}")
     parts.append(prepared.closing[content.id])
     return "\n\n".join(parts)
 

@@ -15,7 +15,7 @@ def render_text(response: Mapping[str, Any], *, orders_reviewed: int | None) -> 
     if not cards and not response.get("systemActions"):
         if orders_reviewed is None:
             return "No cards."
-        reason = "no lumbar MRI order to review" if orders_reviewed == 0 else "no card for this order"
+        reason = "no lumbar imaging order to review" if orders_reviewed == 0 else "no card for this order"
         return f"No cards ({reason})."
     lines: list[str] = []
     for card in cards:

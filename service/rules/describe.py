@@ -13,6 +13,7 @@ from service.facts.codes import ValueSets
 from service.facts.extract import fact_reads
 from service.rules.predicates import READS
 from service.rules.table import RuleTable
+from service.rules.table import Cell
 from service.rules.table import When
 
 SYSTEM_NAMES = {
@@ -54,7 +55,22 @@ def describe_model(vs: ValueSets, table: RuleTable) -> dict[str, Any]:
              "unless": list(m.unless), "replace_with": m.replace_with}
             for m in table.modifiers
         ],
+        "studies": [
+            {"column": s.column, "label": s.label, "code": s.code, "display": s.display, "rated": s.rated}
+            for s in table.studies.values()
+        ],
+        "ratings": [
+            {"rule": row.rule, "variant": row.variant, "source": row.source, "source_detail": row.source_detail,
+             "studies": {column: _cell(cell) for column, cell in row.cells.items()}}
+            for row in table.ratings.values()
+        ],
     }
+
+
+def _cell(cell: Cell) -> str:
+    """A cell in words: "UA", or "UA if high_energy_trauma, else MBA"."""
+    choices = [f"{rating} if {name}" for name, rating in cell.choices]
+    return ", ".join([*choices, f"else {cell.otherwise}"]) if choices else cell.otherwise
 
 
 def _concept(summaries: dict[str, Any], name: str) -> dict[str, Any]:
@@ -107,6 +123,13 @@ def render_text(model: dict[str, Any]) -> str:
             f" never after {', '.join(m['never_after'])}" if m["never_after"] else "")
         lines.append(f"- {m['id']}{scope}{'; suggests ' + m['replace_with'] if m['replace_with'] else ''}")
         lines += _when_lines(m["when"])
+    lines += ["", "RATINGS BY MODALITY (the ordered study's ACR rating in the rule's variant decides the rating;",
+              "UA and MBA: appropriate, UNA: not appropriate; a study marked (no rating) gets cards only)", ""]
+    lines.append("studies: " + "; ".join(f"{s['column']} = {s['display']} ({s['code']}){'' if s['rated'] else ' (no rating)'}"
+                                         for s in model["studies"]))
+    for row in model["ratings"]:
+        lines.append(f"- {row['rule']}: {row['variant']} [{row['source']}: {_short(row['source_detail'])}]")
+        lines.append("      " + "; ".join(f"{column} {rating}" for column, rating in row["studies"].items()))
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ from service.facts.extract import Days
 from service.facts.model import Contrast
 from service.facts.model import Facts
 from service.facts.model import Finding as F
+from service.facts.model import Modality
 
 Predicate = Callable[[Facts], bool]
 
@@ -106,11 +107,17 @@ _TABLE: dict[str, tuple[Predicate, tuple[F, ...]]] = {
     "prior_imaging_same_modality": _has(F.PRIOR_LUMBAR_IMAGING),
     # rule 7: shown, not deciding
     "weaker_risk_factor": (_weaker_risk_factor, WEAKER_RISK_FACTORS),
+    # the ordered study (v2 change 6): which modality it is
+    "mri_order": (lambda facts: facts.order.study.modality is Modality.MRI, ()),
+    "ct_order": (lambda facts: facts.order.study.modality is Modality.CT, ()),
+    "radiography_order": (lambda facts: facts.order.study.modality is Modality.XR, ()),
+    "ionizing_order": (lambda facts: facts.order.study.modality is not Modality.MRI, ()),
     # modifiers
     "pregnant": _has(F.PREGNANCY),
     "contrast_study": (lambda facts: facts.order.contrast in (Contrast.WITH, Contrast.WITHOUT_WITH), ()),
     "contrast_only_study": (lambda facts: facts.order.contrast is Contrast.WITH, ()),
     "without_then_with_study": (lambda facts: facts.order.contrast is Contrast.WITHOUT_WITH, ()),
+    "without_contrast_study": (lambda facts: facts.order.contrast in (Contrast.WITHOUT, Contrast.UNKNOWN), ()),
 }
 
 PREDICATES: dict[str, Predicate] = {name: entry[0] for name, entry in _TABLE.items()}

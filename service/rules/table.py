@@ -9,6 +9,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,53 @@ from service.rules.vocabulary import REASON_KEYS
 RATINGS = ("appropriate", "not-appropriate", "no-criteria-apply", "none")
 INDICATORS = ("info", "warning", "critical")
 SUMMARY_LIMIT = 140  # CDS Hooks 2.0: summary "<140 characters"
-PLACEHOLDERS = ("{prior_date}",)
+# Placeholders a card's text may hold: the date of the earlier study, and the ordered study
+# ("Lumbar CT" at the start of a sentence, "lumbar CT" inside one).
+PLACEHOLDERS = ("{prior_date}", "{Study}", "{study}")
+PLACEHOLDER_LONGEST = {"{prior_date}": "2026-12-31", "{Study}": "Lumbar radiographs", "{study}": "lumbar radiographs"}
+ACR_RATINGS = ("UA", "MBA", "UNA")  # usually appropriate, may be appropriate, usually not appropriate
+RATING_RANK = {"UA": 2, "MBA": 1, "UNA": 0}
+RATING_TEXTS = ("summary_lower", "ordered", "better", "unrated", "suggestion", "cancel")  # ratings.toml [text]
 
 
 def default_cards_dir() -> Path:
     """The one place the cards/ location is set: package data of ``service.cards``."""
     return Path(str(resources.files("service.cards")))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StudyColumn:
+    """A study of the rating table (cards/ratings.toml [study.<column>])."""
+
+    column: str            # e.g. "ct-without": model.Study.column of the orders it rates
+    modality: str          # mri | ct | xr
+    label: str             # "Lumbar CT": how cards name an order of this study
+    code: str              # the CPT code a suggestion that offers this study orders
+    display: str
+    short: str = ""        # "CT without contrast": its name in a summary, after "Lumbar"
+    rated: bool = True     # False: cards only, never a PAMA rating (radiography)
+    pregnancy: bool = False  # the study offered instead in pregnancy (no radiation, no contrast: ACOG-723)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cell:
+    """The ACR rating of one study in one row: the first `choices` predicate that holds, else `otherwise`."""
+
+    otherwise: str
+    choices: tuple[tuple[str, str], ...] = ()   # (predicate name, rating)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RatingRow:
+    """A row of "Ratings by modality": the ACR rating of every study in the variant a rule stands for."""
+
+    rule: str
+    variant: str           # the ACR variant in words, shown on the card
+    situation: str         # a few words for a summary ("suspected cauda equina")
+    source: str            # sources.toml key
+    source_detail: str     # where in the source the row was read
+    cells: Mapping[str, Cell]
+    may_be_usual: tuple[StudyColumn, ...] = ()  # the studies some cell may rate UA, in the order of preference
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,6 +96,7 @@ class Modifier:
     unless: tuple[str, ...] = ()      # not when these modifiers fired for the order
     replace_with: str | None = None   # CPT code for a replace-code suggestion
     replace_display: str | None = None
+    better_rated: bool = False        # only when `replace_with` is rated above the ordered study in the row
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,10 +108,12 @@ class Suggestion:
     code: str | None = None       # replace-code
     display: str | None = None    # replace-code
     reason: str | None = None     # add-reason
-    rating: str | None = None     # rating carried by the updated order: a code, or "same-as-order"
+    rating: str | None = None     # rating carried by the updated order: a code, "same-as-order", or
+                                  # "as-rated" (the offered study's rating in the row)
     recommended_when: str | None = None   # predicate: recommended (and listed first) when it holds
     recommended_unless: str | None = None # predicate: not recommended when it holds
     omit_when: str | None = None          # predicate: left out when it holds
+    when_usually_appropriate: bool = False  # replace-code: offered only when the row rates its study UA
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,7 +128,7 @@ class Source:
 class Variant:
     """Card wording used instead of the card's own when a predicate holds (e.g. a weaker risk factor)."""
 
-    when: str                  # predicate name
+    when: tuple[str, ...]      # predicate names, all of which hold
     summary: str | None = None
     verdict: str | None = None
     advice: str | None = None
@@ -126,6 +171,11 @@ class RuleTable:
     sources: Mapping[str, Source]
     findings: Mapping[str, FindingLabel]
     override_reasons: tuple[OverrideReason, ...]
+    studies: Mapping[str, StudyColumn] = field(default_factory=dict)   # file order: the order of preference
+    ratings: Mapping[str, RatingRow] = field(default_factory=dict)     # rule id -> its row
+    by_code: Mapping[str, StudyColumn] = field(default_factory=dict)   # CPT code -> the study it orders
+    texts: Mapping[str, str] = field(default_factory=dict)             # ratings.toml [text]
+    words: Mapping[str, str] = field(default_factory=dict)             # ACR rating -> words on a card
 
 
 class _Problems:
@@ -156,6 +206,14 @@ def load_table(directory: Path | None = None) -> RuleTable:
     codes = {r.code for r in reasons}
     cards = {cid: _card(directory / f"{cid}.toml", cid, sources, codes, problems) for cid in card_ids}
     _check_references(rules, modifiers, problems)
+    raw_ratings = _read(directory / "ratings.toml", problems)
+    studies, ratings = _rating_table(raw_ratings, [r.id for r in rules], sources, problems)
+    texts = _texts(raw_ratings, "text", RATING_TEXTS, problems)
+    words = _texts(raw_ratings, "words", ACR_RATINGS, problems)
+    _check_summary_lower(texts, words, studies, ratings, problems)
+    for m in modifiers:
+        if m.better_rated and m.replace_with not in {s.code for s in studies.values()}:
+            problems.add("rules.toml", f"modifier {m.id}: better_rated needs replace_with naming a study of ratings.toml")
     problems.raise_if_any(directory)
     return RuleTable(
         rules=rules,
@@ -164,7 +222,99 @@ def load_table(directory: Path | None = None) -> RuleTable:
         sources=sources,
         findings=findings,
         override_reasons=reasons,
+        studies=studies,
+        ratings=ratings,
+        by_code={s.code: s for s in studies.values()},
+        texts=texts,
+        words=words,
     )
+
+
+def _texts(raw: Mapping[str, Any], table: str, keys: tuple[str, ...], problems: _Problems) -> dict[str, str]:
+    values = raw.get(table, {})
+    out = {k: v for k, v in values.items() if isinstance(v, str) and v} if isinstance(values, dict) else {}
+    for key in keys:
+        if key not in out:
+            problems.add(f"ratings.toml [{table}]", f"{key} is required")
+    return out
+
+
+def _check_summary_lower(texts: Mapping[str, str], words: Mapping[str, str], studies: Mapping[str, StudyColumn],
+                         rows: Mapping[str, RatingRow], problems: _Problems) -> None:
+    """The generic summary stays under the limit for every row, lower-rated study and usually appropriate one."""
+    template = texts.get("summary_lower", "")
+
+    def ratings(cell: Cell) -> set[str]:
+        return {cell.otherwise, *(r for _, r in cell.choices)}
+
+    for row in rows.values():
+        for ordered in studies.values():
+            for better in studies.values():
+                lower = ratings(row.cells[ordered.column]) - {"UA"}
+                if better is ordered or not lower or "UA" not in ratings(row.cells[better.column]):
+                    continue
+                text = template.format(ordered=ordered.short, rated=max((words.get(r, "") for r in lower), key=len),
+                                       situation=row.situation, better=better.short, code=better.code)
+                if len(text) >= SUMMARY_LIMIT:
+                    problems.add("ratings.toml [text] summary_lower", f"{len(text)} characters for {row.rule}: {text!r}")
+                    return
+
+
+def _rating_table(
+    raw: Mapping[str, Any], rule_ids: list[str], sources: Mapping[str, Source], problems: _Problems
+) -> tuple[dict[str, StudyColumn], dict[str, RatingRow]]:
+    """cards/ratings.toml: the studies (columns) and one row per rating rule, every cell checked."""
+    studies: dict[str, StudyColumn] = {}
+    raw_studies = raw.get("study", {})
+    for column, spec in (raw_studies.items() if isinstance(raw_studies, dict) else ()):
+        where = f"ratings.toml [study.{column}]"
+        if not isinstance(spec, dict) or not all(isinstance(spec.get(k), str) and spec[k] for k in ("modality", "label", "code", "display")):
+            problems.add(where, "needs modality, label, code and display")
+            continue
+        studies[column] = StudyColumn(column=column, modality=spec["modality"], label=spec["label"], code=spec["code"],
+                                      display=spec["display"], short=str(spec.get("short") or spec["display"]), rated=bool(spec.get("rated", True)),
+                                      pregnancy=bool(spec.get("pregnancy", False)))
+    if not studies:
+        problems.add("ratings.toml", "at least one [study.<column>] is required")
+    rows: dict[str, RatingRow] = {}
+    for n, row in enumerate(_array(raw, "row", "ratings.toml", problems)):
+        where = f"ratings.toml row[{n}] ({row.get('rule', '?')})"
+        rule = row.get("rule")
+        if rule not in rule_ids:
+            problems.add(where, f"rule {rule!r} is not a rule of rules.toml")
+        elif rule in rows:
+            problems.add(where, "a rule has one row")
+        if row.get("source") not in sources:
+            problems.add(where, f"source {row.get('source')!r} is not in sources.toml")
+        for key in ("variant", "situation", "source_detail"):
+            if not isinstance(row.get(key), str) or not row[key]:
+                problems.add(where, f"{key} is required")
+        cells = {column: _cell(row.get(column), f"{where} {column}", problems) for column in studies}
+        extra = set(row) - set(studies) - {"rule", "variant", "situation", "source", "source_detail"}
+        if extra:
+            problems.add(where, f"unknown columns {sorted(extra)} (not a [study.<column>])")
+        usual = tuple(s for s in studies.values() if "UA" in (cells[s.column].otherwise, *(r for _, r in cells[s.column].choices)))
+        rows[str(rule)] = RatingRow(rule=str(rule), variant=str(row.get("variant", "")), situation=str(row.get("situation", "")),
+                                    source=str(row.get("source", "")), source_detail=str(row.get("source_detail", "")), cells=cells,
+                                    may_be_usual=usual)
+    return studies, rows
+
+
+def _cell(raw: Any, where: str, problems: _Problems) -> Cell:
+    if isinstance(raw, str):
+        if raw not in ACR_RATINGS:
+            problems.add(where, f"must be one of {', '.join(ACR_RATINGS)}")
+        return Cell(otherwise=raw)
+    if isinstance(raw, dict) and raw.get("otherwise") in ACR_RATINGS:
+        choices = tuple((k, v) for k, v in raw.items() if k != "otherwise")
+        for name, rating in choices:
+            if name not in PREDICATES:
+                problems.add(where, f"unknown predicate {name!r}")
+            if rating not in ACR_RATINGS:
+                problems.add(where, f"{name} must be one of {', '.join(ACR_RATINGS)}")
+        return Cell(otherwise=raw["otherwise"], choices=choices)
+    problems.add(where, f"a rating ({', '.join(ACR_RATINGS)}) or a table of predicate = rating with `otherwise` is required")
+    return Cell(otherwise="UNA")
 
 
 def _read(path: Path, problems: _Problems) -> dict[str, Any]:
@@ -224,6 +374,7 @@ def _modifier(raw: Mapping[str, Any], n: int, problems: _Problems) -> Modifier:
         unless=tuple(raw.get("unless", ())),
         replace_with=raw.get("replace_with"),
         replace_display=raw.get("replace_display"),
+        better_rated=bool(raw.get("better_rated", False)),
     )
 
 
@@ -249,9 +400,9 @@ def _source(key: str, raw: Any, problems: _Problems) -> Source:
     url = str(raw.get("url", ""))
     if urlsplit(url).scheme != "https" or not urlsplit(url).netloc:
         problems.add(where, f"url must be an absolute https URL, not {url!r}")
-    for field in ("label", "citation"):
-        if not isinstance(raw.get(field), str) or not raw[field]:
-            problems.add(where, f"{field} is required")
+    for name in ("label", "citation"):
+        if not isinstance(raw.get(name), str) or not raw[name]:
+            problems.add(where, f"{name} is required")
     return Source(key=key, label=str(raw.get("label", "")), url=url, citation=str(raw.get("citation", "")))
 
 
@@ -287,18 +438,17 @@ def _card(path: Path, card_id: str, sources: Mapping[str, Source], reasons: set[
         problems.add(where, f"id must be {card_id!r} (the file name)")
     if raw.get("indicator") not in INDICATORS:
         problems.add(where, f"indicator must be one of {', '.join(INDICATORS)}")
-    for field in ("summary", "verdict", "acr_rating"):
-        if not isinstance(raw.get(field), str) or not raw[field].strip():
-            problems.add(where, f"{field} is required")
+    for name in ("summary", "verdict", "acr_rating"):
+        if not isinstance(raw.get(name), str) or not raw[name].strip():
+            problems.add(where, f"{name} is required")
     summary = str(raw.get("summary", ""))
-    longest = summary.replace("{prior_date}", "2026-12-31")
+    longest = _longest(summary)
     if len(longest) >= SUMMARY_LIMIT:
         problems.add(where, f"summary has {len(longest)} characters; it must stay under {SUMMARY_LIMIT}")
     variants = tuple(_variant(v, n, where, problems) for n, v in enumerate(_array(raw, "variant", where, problems)))
-    for field in ("summary", "verdict", "acr_rating", "advice"):
-        text = str(raw.get(field, "")).replace("{prior_date}", "")
-        if "{" in text or "}" in text:
-            problems.add(where, f"{field}: the only placeholder allowed is {{prior_date}}")
+    for name in ("summary", "verdict", "acr_rating", "advice"):
+        if not _placeholders_ok(str(raw.get(name, ""))):
+            problems.add(where, f"{name}: the only placeholders allowed are {', '.join(PLACEHOLDERS)}")
     cites = raw.get("cites")
     if not isinstance(cites, list) or not cites:
         problems.add(where, "cites must name at least one source")
@@ -330,20 +480,35 @@ def _card(path: Path, card_id: str, sources: Mapping[str, Source], reasons: set[
     )
 
 
+def _longest(text: str) -> str:
+    """The text with each placeholder replaced by its longest value (for the summary limit)."""
+    for name, value in PLACEHOLDER_LONGEST.items():
+        text = text.replace(name, value)
+    return text
+
+
+def _placeholders_ok(text: str) -> bool:
+    for name in PLACEHOLDERS:
+        text = text.replace(name, "")
+    return "{" not in text and "}" not in text
+
+
 def _variant(raw: Mapping[str, Any], n: int, card: str, problems: _Problems) -> Variant:
     where = f"{card} variant[{n}] ({raw.get('when', '?')})"
-    if raw.get("when") not in PREDICATES:
-        problems.add(where, f"when names unknown predicate {raw.get('when')!r}")
-    for field in ("summary", "verdict", "advice"):
-        value = raw.get(field)
+    when = raw.get("when")
+    names = (when,) if isinstance(when, str) else tuple(when) if isinstance(when, list) else ()
+    if not names or any(name not in PREDICATES for name in names):
+        problems.add(where, f"when must name predicates (one, or a list that must all hold), not {when!r}")
+    for name in ("summary", "verdict", "advice"):
+        value = raw.get(name)
         if value is not None and (not isinstance(value, str) or not value.strip()):
-            problems.add(where, f"{field} must be text")
-        elif isinstance(value, str) and ("{" in value or "}" in value):
-            problems.add(where, f"{field}: no placeholder is allowed in a variant")
+            problems.add(where, f"{name} must be text")
+        elif isinstance(value, str) and not _placeholders_ok(value.replace("{prior_date}", "{")):
+            problems.add(where, f"{name}: the only placeholders allowed in a variant are {{Study}} and {{study}}")
     summary = raw.get("summary")
-    if isinstance(summary, str) and len(summary) >= SUMMARY_LIMIT:
-        problems.add(where, f"summary has {len(summary)} characters; it must stay under {SUMMARY_LIMIT}")
-    return Variant(when=str(raw.get("when", "")), summary=raw.get("summary"), verdict=raw.get("verdict"), advice=raw.get("advice"))
+    if isinstance(summary, str) and len(_longest(summary)) >= SUMMARY_LIMIT:
+        problems.add(where, f"summary has {len(_longest(summary))} characters; it must stay under {SUMMARY_LIMIT}")
+    return Variant(when=tuple(str(n) for n in names), summary=raw.get("summary"), verdict=raw.get("verdict"), advice=raw.get("advice"))
 
 
 def _suggestion(raw: Mapping[str, Any], n: int, card: str, problems: _Problems) -> Suggestion:
@@ -353,15 +518,17 @@ def _suggestion(raw: Mapping[str, Any], n: int, card: str, problems: _Problems) 
         problems.add(where, f"action must be one of {', '.join(ACTIONS)}")
     if not isinstance(raw.get("label"), str) or not raw["label"]:
         problems.add(where, "label is required")
+    elif not _placeholders_ok(raw["label"].replace("{prior_date}", "{")):
+        problems.add(where, "label: the only placeholders allowed are {Study} and {study}")
     if action == "replace-code" and not isinstance(raw.get("code"), str):
         problems.add(where, "replace-code needs a CPT code")
     if action == "add-reason" and raw.get("reason") not in REASON_KEYS:
         problems.add(where, f"add-reason needs reason = one of {', '.join(REASON_KEYS)}")
-    for field in ("recommended_when", "recommended_unless", "omit_when"):
-        if raw.get(field) is not None and raw.get(field) not in PREDICATES:
-            problems.add(where, f"{field} names unknown predicate {raw.get(field)!r}")
-    if raw.get("rating") not in (None, "same-as-order", "appropriate", "not-appropriate", "no-criteria-apply"):
-        problems.add(where, "rating must be appropriate, not-appropriate, no-criteria-apply or same-as-order")
+    for name in ("recommended_when", "recommended_unless", "omit_when"):
+        if raw.get(name) is not None and raw.get(name) not in PREDICATES:
+            problems.add(where, f"{name} names unknown predicate {raw.get(name)!r}")
+    if raw.get("rating") not in (None, "same-as-order", "as-rated", "appropriate", "not-appropriate", "no-criteria-apply"):
+        problems.add(where, "rating must be appropriate, not-appropriate, no-criteria-apply, same-as-order or as-rated")
     return Suggestion(
         key=str(raw.get("key", n)),
         label=str(raw.get("label", "")),
@@ -374,4 +541,5 @@ def _suggestion(raw: Mapping[str, Any], n: int, card: str, problems: _Problems) 
         recommended_when=raw.get("recommended_when"),
         recommended_unless=raw.get("recommended_unless"),
         omit_when=raw.get("omit_when"),
+        when_usually_appropriate=bool(raw.get("when_usually_appropriate", False)),
     )

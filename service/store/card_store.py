@@ -57,6 +57,7 @@ class IssuedCard:
     issuer: str                         # JWT `iss` of the hook call
     tenant: str | None                  # JWT `tenant`, if any
     patient_id: str | None              # hashed with the salt before it is stored; never stored as is
+    modality: str | None = None         # mri | ct | xr: the modality of the order the card is about
 
 
 def dedup_key(service_id: str, item: FeedbackItem) -> str:
@@ -127,6 +128,7 @@ class CardStore:
                 rule_id=card.rule_id,
                 indicator=card.indicator,
                 rating=card.rating,
+                modality=card.modality,
                 hook_instance=call.hook_instance,
                 issuer=call.issuer,
                 tenant=call.tenant,
@@ -177,6 +179,7 @@ class CardStore:
             "rule_id": card.rule_id,
             "indicator": card.indicator,
             "rating": card.rating,
+            "modality": card.modality,
             "hook_instance": card.hook_instance,
             "issuer": card.issuer,
             "tenant": card.tenant,

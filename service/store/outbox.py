@@ -188,6 +188,7 @@ def read_rows(path: Path) -> Rows:
             continue
         for card in entry.get("cards", ()):
             card["issued_at"] = datetime.fromisoformat(card["issued_at"])
+            card.setdefault("modality", None)  # a row journalled before schema 2 (issue 13) has none
             cards.append(card)
         suggestions.extend(entry.get("suggestions", ()))
     return cards, suggestions

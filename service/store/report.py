@@ -9,6 +9,9 @@ How outcomes are counted
   that was first ignored be acted on later), the latest wins: greatest ``outcomeTimestamp``, then the
   one received last. ``override_reasons`` counts the reason code of those latest ``overridden``
   outcomes; an override without a coded reason adds to ``overridden`` only.
+- Every count is also given per **modality** of the ordered study (``mri``, ``ct``, ``xr``, stored
+  with each card since schema 2; ``unknown`` for a card stored without it), within each rule and over
+  all rules (``modalities``).
 - ``feedback_total`` is the number of cards with a counted outcome (= the sum of ``accepted`` and
   ``overridden`` over all rules); ``acceptance_rate`` = accepted / (accepted + overridden), left out
   when a rule has no feedback.
@@ -48,6 +51,7 @@ class Decision:
     """One decision: a card, with the re-fires of it that followed."""
 
     rule_id: str
+    modality: str                        # of the ordered study (mri | ct | xr | unknown), from its first card
     first_issued: datetime               # when its first card was issued (the week it counts in)
     cards: int = 1                       # cards issued for it (1 + re-fires)
     outcome: str | None = None           # the latest feedback on any of its cards, if any
@@ -65,7 +69,7 @@ def decisions(
     """
     cards, latest = schema.cards, _latest_feedback()
     query = (
-        sa.select(cards.c.rule_id, cards.c.service_id, cards.c.issuer, cards.c.tenant, cards.c.patient_hash,
+        sa.select(cards.c.rule_id, sa.func.coalesce(cards.c.modality, UNKNOWN_MODALITY).label("modality"), cards.c.service_id, cards.c.issuer, cards.c.tenant, cards.c.patient_hash,
                   cards.c.hook_instance, cards.c.issued_at, latest.c.outcome, latest.c.override_code,
                   latest.c.outcome_timestamp, latest.c.id)
         .select_from(cards.outerjoin(latest, latest.c.card_uuid == cards.c.card_uuid))
@@ -91,7 +95,7 @@ def decisions(
                 decision = chain.members[position]
                 decision.cards += 1
             else:
-                decision = Decision(rule_id=row.rule_id, first_issued=issued)
+                decision = Decision(rule_id=row.rule_id, modality=row.modality, first_issued=issued)
                 chain.members.append(decision)
                 found.append(decision)
             chain.position, chain.last = position + 1, issued
@@ -122,30 +126,53 @@ def _utc(value: datetime) -> datetime:
 def build_report(
     engine: sa.Engine, *, since: date | None = None, until: date | None = None, dedup: timedelta = DEDUP_WINDOW
 ) -> dict[str, Any]:
-    """Per rule id: decisions (cards, re-fires counted once), accepted, overridden, override reasons,
-    acceptance rate, and the re-fires left out."""
+    """Per rule id, and per modality of the ordered study within it and over all rules: decisions (cards,
+    re-fires counted once), accepted, overridden, override reasons, acceptance rate, and the re-fires
+    left out."""
     rules: dict[str, dict[str, Any]] = {}
+    totals: dict[str, dict[str, Any]] = {}
     for decision in decisions(engine, since=since, until=until, dedup=dedup):
-        entry = rules.setdefault(decision.rule_id, {"cards": 0, "refires": 0, "accepted": 0, "overridden": 0,
-                                                    "override_reasons": {}})
-        entry["cards"] += 1
-        entry["refires"] += decision.cards - 1
-        if decision.outcome is not None:
-            entry[decision.outcome] += 1
-        if decision.outcome == "overridden" and decision.override_code is not None:
-            reasons = entry["override_reasons"]
-            reasons[decision.override_code] = reasons.get(decision.override_code, 0) + 1
+        rule = rules.setdefault(decision.rule_id, {**_counts(), "modalities": {}})
+        for entry in (rule, rule["modalities"].setdefault(decision.modality, _counts()),
+                      totals.setdefault(decision.modality, _counts())):
+            _count(entry, decision)
+    for entry in [*rules.values(), *(m for e in rules.values() for m in e["modalities"].values()), *totals.values()]:
+        _finish(entry)
     for entry in rules.values():
-        entry["override_reasons"] = dict(sorted(entry["override_reasons"].items(), key=lambda kv: (-kv[1], kv[0])))
-        answered = entry["accepted"] + entry["overridden"]
-        if answered:
-            entry["acceptance_rate"] = round(entry["accepted"] / answered, 4)
+        entry["modalities"] = dict(sorted(entry["modalities"].items()))
     return {
         "rules": dict(sorted(rules.items())),
+        "modalities": dict(sorted(totals.items())),
         "cards_total": sum(e["cards"] for e in rules.values()),
         "refires_total": sum(e["refires"] for e in rules.values()),
         "feedback_total": sum(e["accepted"] + e["overridden"] for e in rules.values()),
     }
+
+
+UNKNOWN_MODALITY = "unknown"  # a card stored without its modality (none are, once migrated to schema 2)
+
+
+def _counts() -> dict[str, Any]:
+    return {"cards": 0, "refires": 0, "accepted": 0, "overridden": 0, "override_reasons": {}}
+
+
+def _count(entry: dict[str, Any], decision: Decision) -> None:
+    """Add one decision to a counter."""
+    entry["cards"] += 1
+    entry["refires"] += decision.cards - 1
+    if decision.outcome is not None:
+        entry[decision.outcome] += 1
+    if decision.outcome == "overridden" and decision.override_code is not None:
+        reasons = entry["override_reasons"]
+        reasons[decision.override_code] = reasons.get(decision.override_code, 0) + 1
+
+
+def _finish(entry: dict[str, Any]) -> None:
+    """Sort the override reasons (most frequent first) and add the acceptance rate when there is feedback."""
+    entry["override_reasons"] = dict(sorted(entry["override_reasons"].items(), key=lambda kv: (-kv[1], kv[0])))
+    answered = entry["accepted"] + entry["overridden"]
+    if answered:
+        entry["acceptance_rate"] = round(entry["accepted"] / answered, 4)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -267,18 +294,24 @@ def render_text(report: Mapping[str, Any], scope: Scope) -> str:
     header = f"{'rule':<32} {'cards':>7} {'re-fires':>9} {'accepted':>9} {'overridden':>11}  acceptance"
     lines += [header, "-" * len(header)]
     for rule_id, entry in report["rules"].items():
-        lines.append(
-            f"{rule_id:<32} {entry['cards']:>7} {entry['refires']:>9} {entry['accepted']:>9} "
-            f"{entry['overridden']:>11}  {_rate(entry)}"
-        )
+        lines.append(f"{rule_id:<32} {_counts_line(entry)}")
         for code, n in entry["override_reasons"].items():
             lines.append(f"    override reason {scope.label(code)}: {n}")
+        if len(entry.get("modalities", {})) > 1:
+            for kind, counts in entry["modalities"].items():
+                lines.append(f"    {kind:<28} {_counts_line(counts)}")
     lines.append("-" * len(header))
+    for kind, counts in report.get("modalities", {}).items():
+        lines.append(f"{'modality ' + kind:<32} {_counts_line(counts)}")
     lines.append(
         f"{'total':<32} {report['cards_total']:>7} {report['refires_total']:>9}   "
         f"feedback on {report['feedback_total']} of {report['cards_total']} cards"
     )
     return "\n".join(lines) + "\n"
+
+
+def _counts_line(counts: Mapping[str, Any]) -> str:
+    return f"{counts['cards']:>7} {counts['refires']:>9} {counts['accepted']:>9} {counts['overridden']:>11}  {_rate(counts)}"
 
 
 def _period(since: date | None, until: date | None) -> str:
@@ -340,6 +373,13 @@ def _html_table(report: Mapping[str, Any], scope: Scope) -> str:
         rows.append(
             f"<tr><td>{html.escape(rule_id)}</td><td>{entry['cards']}</td><td>{entry['refires']}</td>"
             f"<td>{entry['accepted']}</td><td>{entry['overridden']}</td><td>{_rate(entry)}</td>"
+            f"<td class=\"reasons\">{reasons}</td></tr>"
+        )
+    for kind, counts in report.get("modalities", {}).items():
+        reasons = ", ".join(f"{html.escape(scope.label(str(code)))}: {n}" for code, n in counts["override_reasons"].items())
+        rows.append(
+            f"<tr><td>modality {html.escape(kind)}</td><td>{counts['cards']}</td><td>{counts['refires']}</td>"
+            f"<td>{counts['accepted']}</td><td>{counts['overridden']}</td><td>{_rate(counts)}</td>"
             f"<td class=\"reasons\">{reasons}</td></tr>"
         )
     rows.append(

@@ -17,7 +17,8 @@ from sqlalchemy.dialects import sqlite
 from service.errors import ConfigError
 from service.errors import StoreUnavailable
 
-SCHEMA_VERSION = 1
+# 1: the first tables. 2 (issue 13): cards.modality, the modality of the order a card is about.
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -46,6 +47,9 @@ cards = sa.Table(
     sa.Column("tenant", sa.Text, nullable=True),             # JWT `tenant`, if any
     sa.Column("patient_hash", sa.String(64), nullable=True),  # HMAC-SHA256(salt, patient id), hex
     sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
+    # Schema 2: mri | ct | xr. Nullable, and added to an older database at start-up (``_migrate``):
+    # its cards were all about MRI orders, the only ones reviewed before schema 2.
+    sa.Column("modality", sa.String(16), nullable=True),
     sa.Index("ix_cards_issued_at", "issued_at"),
 )
 
@@ -225,9 +229,29 @@ def _create_schema_once(engine: sa.Engine, tables: tuple[sa.Table, ...] | None) 
             # and creating happen in one transaction; Python's sqlite3 would not begin one for DDL.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         metadata.create_all(conn, tables=None if tables is None else [schema_version, *tables], checkfirst=True)
+        if tables is None or cards in tables:
+            _migrate(conn)
         present = conn.execute(sa.select(schema_version.c.version)).scalars().all()
         if SCHEMA_VERSION not in present:
             conn.execute(sa.insert(schema_version).values(version=SCHEMA_VERSION))
+
+
+# Columns added after schema 1, with the value their older rows get: (table, column, backfill).
+ADDED_COLUMNS: tuple[tuple[sa.Table, str, str | None], ...] = ((cards, "modality", "mri"),)
+
+
+def _migrate(conn: sa.Connection) -> None:
+    """Bring tables created by an older version up to this schema: add the columns they lack (nullable)
+    and fill them for the rows already there. Idempotent; runs under the schema lock."""
+    inspector = sa.inspect(conn)
+    for table, name, backfill in ADDED_COLUMNS:
+        if name in {c["name"] for c in inspector.get_columns(table.name)}:
+            continue
+        column = table.c[name]
+        kind = column.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}")
+        if backfill is not None:
+            conn.execute(sa.update(table).where(column.is_(None)).values({name: backfill}))
 
 
 def insert_ignore(conn: sa.Connection, table: sa.Table) -> Any:

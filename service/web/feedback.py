@@ -17,7 +17,6 @@ from werkzeug.exceptions import UnsupportedMediaType
 
 from service import errors
 from service.intake import feedback_items
-from service.pipeline import SERVICES
 from service.services import services_of
 from service.web import auth
 from service.web import deadline as deadlines
@@ -36,7 +35,7 @@ def receive_feedback(service_id: str) -> Response:
     # stored feedback is stored once). Once stored, the 200 is sent however long it took.
     deadlines.for_request(request.environ, services.settings.limits.deadline_seconds).check("waiting for a request thread")
     claims = auth.authenticate(services)
-    if service_id not in SERVICES:
+    if service_id not in services.catalogue:
         raise errors.UnknownService(f"no CDS service with id {service_id!r}; see GET /cds-services")
     if not request.is_json:
         raise UnsupportedMediaType("feedback must be sent as application/json")

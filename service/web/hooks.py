@@ -32,7 +32,6 @@ from service.call_record import FhirFetchNote
 from service.errors import UnknownService
 from service.intake import envelope
 from service.intake import fhir_client
-from service.pipeline import SERVICES
 from service.pipeline import Evaluation
 from service.security import fhir_servers
 from service.security.jwt import Claims
@@ -52,7 +51,8 @@ def begin_call(_endpoint: str | None, values: dict[str, Any] | None) -> None:
     refused before its view (413, a CORS preflight) is counted under its service.
     """
     service_id = (values or {}).get("service_id")
-    observability.attach(CallRecord(service_id=service_id if service_id in SERVICES else None))
+    catalogue = services_of(current_app).catalogue
+    observability.attach(CallRecord(service_id=service_id if service_id in catalogue else None))
 
 
 blueprint.url_value_preprocessor(begin_call)
@@ -62,12 +62,13 @@ blueprint.url_value_preprocessor(begin_call)
 # slash, and the CDS Hooks sandbox shows the 404 it would get as "no services".
 @blueprint.get("/cds-services", endpoint="discovery", strict_slashes=False)
 def discovery() -> Response:
-    """The two services and their prefetch templates (no token needed)."""
-    templates = services_of(current_app).evaluator.templates
+    """The services of the catalogue (cards/services.toml) and their prefetch templates (no token needed)."""
+    services = services_of(current_app)
+    templates = services.evaluator.templates
     return _json({
         "services": [
             {"hook": s.hook, "id": s.id, "title": s.title, "description": s.description, "prefetch": templates}
-            for s in SERVICES.values()
+            for s in services.catalogue.values()
         ]
     })
 
@@ -75,10 +76,10 @@ def discovery() -> Response:
 @blueprint.post("/cds-services/<service_id>", endpoint="hook")
 def call_service(service_id: str) -> Response:
     """Verify, parse, evaluate, record, answer; within the call's deadline."""
-    spec = SERVICES.get(service_id)
+    services = services_of(current_app)
+    spec = services.catalogue.get(service_id)
     if spec is None:
         raise UnknownService(f"no CDS service with id {service_id!r}; see GET /cds-services")
-    services = services_of(current_app)
     deadline = deadlines.for_request(request.environ, services.settings.limits.deadline_seconds)
     deadline.check("waiting for a request thread")
     call = observability.current_call()
@@ -95,7 +96,7 @@ def call_service(service_id: str) -> Response:
     call.hook_instance, call.patient_id = hook_request.hook_instance, hook_request.patient_id
     fetcher = _fetcher(services, hook_request, claims, deadline)
     try:
-        evaluation = services.evaluator.evaluate(hook_request, date.today(), fetcher)
+        evaluation = services.evaluator.evaluate(hook_request, date.today(), fetcher, spec)
     finally:
         if fetcher is not None:
             call.fhir_fetches = [
@@ -133,7 +134,8 @@ def _note_evaluation(call: CallRecord, evaluation: Evaluation, templates: dict[s
             suggestion_uuids=c.suggestion_uuids,
             rule_id=c.rule_id,
             indicator=c.card["indicator"],
-            rating=evaluation.ratings.get(c.rule_id),
+            rating=evaluation.card_ratings.get(c.card["uuid"]),
+            modality=evaluation.modalities.get(c.card["uuid"]),
         )
         for c in evaluation.cards
     ]

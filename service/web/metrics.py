@@ -50,8 +50,8 @@ class Metrics:
             f"{PREFIX}_request_duration_seconds", "Time from request to answer, by endpoint, CDS service and status",
             ["endpoint", "service", "status"], buckets=LATENCY_BUCKETS, registry=registry)
         self.cards = Counter(
-            f"{PREFIX}_cards", "Cards returned, by CDS service, rule id and indicator",
-            ["service", "rule", "indicator"], registry=registry)
+            f"{PREFIX}_cards", "Cards returned, by CDS service, rule id, indicator and modality of the ordered study",
+            ["service", "rule", "indicator", "modality"], registry=registry)
         self.ratings = Counter(
             f"{PREFIX}_ratings", "Orders rated, by CDS service, rule id and PAMA rating",
             ["service", "rule", "rating"], registry=registry)
@@ -81,7 +81,7 @@ class Metrics:
             for key in fetch.keys:
                 self._child(self.fhir_fetches, (key, "failed" if key in fetch.failed else "ok")).inc()
         for card in call.cards:
-            self._child(self.cards, (service, card.rule_id, card.indicator)).inc()
+            self._child(self.cards, (service, card.rule_id, card.indicator, card.modality or "-")).inc()
         for rule, rating in call.ratings.items():
             self._child(self.ratings, (service, rule, rating)).inc()
         for key, source in (call.prefetch or {}).items():

@@ -34,7 +34,6 @@ from flask import request
 
 from service import call_record
 from service.call_record import CallRecord
-from service.pipeline import SERVICES
 from service.security.pseudonyms import patient_hash
 from service.services import services_of
 from service.web import errors as web_errors
@@ -120,7 +119,7 @@ def _observe(status: int, response: Response | None) -> None:
 # Path segments logged as they are: the service's own words. Any other segment may be an id or a
 # name (an EHR misconfigured to send FHIR reads here asks for /Patient/<id>), so it is logged as a
 # salted hash, which still shows whether two 404s asked for the same thing.
-_OWN_SEGMENTS = frozenset({"cds-services", "feedback", "healthz", "readyz", "metrics", "openapi.json", *SERVICES})
+_OWN_SEGMENTS = frozenset({"cds-services", "feedback", "healthz", "readyz", "metrics", "openapi.json"})
 # The first segment, when it looks like a word of a URL scheme (lower case, no digits run), is kept too:
 # a mistyped base path ("/cds-service", "/api/cds-services") is the usual 404.
 _BASE_WORD = re.compile(r"[a-z][a-z._-]{0,39}")
@@ -132,8 +131,9 @@ def loggable_path(path: str) -> str:
     they are, every other segment as ``#`` + 8 hex characters of its salted hash."""
     salt = services_of(current_app).settings.patient_hash_salt
     segments = path.split("/")[1:]
+    own = _OWN_SEGMENTS | services_of(current_app).catalogue.keys()  # the service ids (cards/services.toml)
     shown = [
-        seg if seg in _OWN_SEGMENTS or (n == 0 and _BASE_WORD.fullmatch(seg)) or seg == ""
+        seg if seg in own or (n == 0 and _BASE_WORD.fullmatch(seg)) or seg == ""
         else "#" + patient_hash(salt, seg)[:8]
         for n, seg in enumerate(segments[:MAX_LOGGED_SEGMENTS])
     ]
@@ -190,7 +190,7 @@ def _call_fields() -> dict[str, Any]:
     if call.orders_reviewed is not None:
         fields["orders_reviewed"] = call.orders_reviewed
         fields["rules"] = dict(call.ratings)
-        fields["cards"] = [{"rule": c.rule_id, "indicator": c.indicator} for c in call.cards]
+        fields["cards"] = [{"rule": c.rule_id, "indicator": c.indicator, "modality": c.modality} for c in call.cards]
         if call.prefetch is not None:
             fields["prefetch_hits"] = [k for k, s in call.prefetch.items() if s == call_record.FROM_PREFETCH]
             fields["prefetch_misses"] = [k for k, s in call.prefetch.items() if s != call_record.FROM_PREFETCH]

@@ -268,7 +268,10 @@ def test_unknown_is_empty_never_an_error(vs: ValueSets, system: Any, code: Any) 
         (LOINC, "24967-2", "without-with"),
         (LOINC, "24968-0", "unknown"),
         (SCT, "41333006", "with"),
-        (CPT, "72131", None),                # CT: not an MRI order
+        (CPT, "72131", "without"),           # v2 change 6: CT orders name their contrast too
+        (CPT, "72133", "without-with"),
+        (LOINC, "24964-9", "with"),
+        (CPT, "72100", None),                # radiography: no contrast option
         (CPT, "99213", None),
         (None, "72148", None),
     ],

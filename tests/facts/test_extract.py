@@ -343,13 +343,39 @@ def test_order_is_a_lumbar_mri(code: str, system: str, contrast: model.Contrast)
     assert (facts.order.code, facts.order.contrast) == (code, contrast)
 
 
+@pytest.mark.parametrize(("code", "system", "modality", "contrast", "column"), [
+    pytest.param("72148", fhir.CPT, model.Modality.MRI, model.Contrast.WITHOUT, "mri-without", id="mri-72148"),
+    pytest.param("24968-0", fhir.LOINC, model.Modality.MRI, model.Contrast.UNKNOWN, "mri-without", id="mri-contrast-unknown"),
+    pytest.param("72131", fhir.CPT, model.Modality.CT, model.Contrast.WITHOUT, "ct-without", id="ct-72131"),
+    pytest.param("72132", CPT_OID, model.Modality.CT, model.Contrast.WITH, "ct-with", id="ct-72132-oid"),
+    pytest.param("36402-6", fhir.LOINC, model.Modality.CT, model.Contrast.WITHOUT_WITH, "ct-without-with", id="ct-loinc"),
+    pytest.param("90523008", fhir.SNOMED, model.Modality.CT, model.Contrast.WITH, "ct-with", id="ct-snomed"),
+    pytest.param("72100", fhir.CPT, model.Modality.XR, model.Contrast.UNKNOWN, "xr", id="xr-72100"),
+    pytest.param("72120", fhir.CPT, model.Modality.XR, model.Contrast.UNKNOWN, "xr", id="xr-72120"),
+    pytest.param("36670-8", fhir.LOINC, model.Modality.XR, model.Contrast.UNKNOWN, "xr", id="xr-loinc"),
+    pytest.param("840361000", fhir.SNOMED, model.Modality.XR, model.Contrast.UNKNOWN, "xr", id="xr-snomed"),
+])
+def test_the_ordered_study_is_read_once_from_the_draft(code: str, system: str, modality: model.Modality,
+                                                       contrast: model.Contrast, column: str) -> None:
+    study = extract.ordered_study(fhir.imaging_order(code, system=system), VS)
+    assert study is not None
+    assert (study.modality, study.contrast, study.region, study.code, study.column) == (modality, contrast, "lumbar", code, column)
+    assert facts_of(order=fhir.imaging_order(code, system=system)).order.study == study
+
+
 @pytest.mark.parametrize(("code", "system"), [
     pytest.param("72141", fhir.CPT, id="cervical-mri"),
-    pytest.param("72131", fhir.CPT, id="lumbar-ct"),
+    pytest.param("72125", fhir.CPT, id="cervical-ct"),
     pytest.param("72148", "http://example.org/local-codes", id="mri-code-in-unknown-system"),
 ])
-def test_order_that_is_not_a_lumbar_mri(code: str, system: str) -> None:
-    assert extract.lumbar_mri(fhir.mri_order(code, system=system), VS) is None
+def test_order_that_is_not_a_lumbar_study(code: str, system: str) -> None:
+    assert extract.ordered_study(fhir.mri_order(code, system=system), VS) is None
+
+
+def test_a_service_reviews_only_the_concepts_it_names() -> None:
+    ct = fhir.imaging_order("72131")
+    assert extract.ordered_study(ct, VS, ("order_mri_lumbar",)) is None
+    assert extract.ordered_study(ct, VS, ("order_ct_lumbar",)) is not None
 
 
 # -- v2: medications from MedicationRequest, MedicationStatement and MedicationDispense ------------

@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from datetime import date
+from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,6 +46,18 @@ def running_fhir_server() -> Iterator[str]:
             yield f"http://127.0.0.1:{port}/fhir"
         finally:
             _stop(proc)
+
+
+@contextlib.contextmanager
+def serving_stories(names: Iterable[str]) -> Iterator[str]:
+    """A running FHIR server holding these fixture patients (fixtures/patients), dates moved to today."""
+    from tests import fhir
+
+    with running_fhir_server() as base:
+        for name in names:
+            bundle = json.loads((fhir.FIXTURES / "patients" / f"{name}.json").read_text())
+            load_bundle(base, fhir.shift_dates(bundle, (date.today() - fhir.AS_OF).days))
+        yield base
 
 
 def load_bundle(base: str, bundle_json: Mapping[str, Any] | str | bytes) -> list[str]:

@@ -39,8 +39,8 @@ class WholeResourceChecks(actions.Checks):
 
 
 def order(resource: dict[str, Any]) -> Order:
-    return Order(reference=f"ServiceRequest/{resource.get('id')}", resource=resource, system=fhir.CPT, code="72148",
-                 display=None, contrast=Contrast.WITHOUT, priority=None, has_reason=True)
+    return Order(reference=f"ServiceRequest/{resource.get('id')}", resource=resource, study=fhir.study("72148", Contrast.WITHOUT),
+                 priority=None, has_reason=True)
 
 
 # Each action as the cards call it (ratings and rule ids from the card content).

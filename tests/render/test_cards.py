@@ -45,6 +45,7 @@ OVERRIDES = {
     "trauma-ct-first": ["imaging-already-done", "high-risk-mechanism-not-coded", "patient-specific"],
     "repeat-imaging": ["clinical-change", "prior-study-unavailable", "surgical-planning", "patient-specific"],
     "pregnancy-contrast": ["contrast-agreed-with-radiology", "not-pregnant", "patient-specific"],
+    "pregnancy-radiation": ["contrast-agreed-with-radiology", "not-pregnant", "patient-specific"],
 }
 
 # fixture -> (card rule ids in order, rating of every rated order or None, the rule that rated it)
@@ -53,7 +54,9 @@ EXPECTED: dict[str, tuple[list[str], str | None, str | None]] = {
     "benchmark-realistic": (["acute-uncomplicated"], "not-appropriate", "acute-uncomplicated"),
     "cauda-equina": (["cauda-equina"], "appropriate", "cauda-equina"),
     "child": ([], None, None),
-    "contrast-choice": (["persistent-after-conservative-care", "contrast-choice"], "appropriate", "persistent-after-conservative-care"),
+    # v2 "Ratings by modality": 72158 may be appropriate in V3; the rating card itself offers 72148 (usually
+    # appropriate), so the contrast-choice card, whose only suggestion that was, is left out.
+    "contrast-choice": (["persistent-after-conservative-care"], "appropriate", "persistent-after-conservative-care"),
     "fever-infection-risk": (["suspected-cancer-infection"], "appropriate", "suspected-cancer-infection"),
     "fracture-risk": (["fracture-risk"], "appropriate", "fracture-risk"),
     "no-conservative-trial": (["no-conservative-trial"], "not-appropriate", "no-conservative-trial"),
@@ -85,7 +88,14 @@ EXPECTED: dict[str, tuple[list[str], str | None, str | None]] = {
     "cervical-fusion": (["acute-uncomplicated"], "not-appropriate", "acute-uncomplicated"),
     "old-physical-therapy": (["no-conservative-trial"], "not-appropriate", "no-conservative-trial"),
     "known-vertebral-fracture": (["fracture-risk"], "appropriate", "fracture-risk"),
-    "cauda-equina-contrast": (["cauda-equina"], "appropriate", "cauda-equina"),
+    # v2 "Ratings by modality", row 1: MRI with contrast only (72149) is usually not appropriate in V4.
+    "cauda-equina-contrast": (["cauda-equina"], "not-appropriate", "cauda-equina"),
+    # v2 change 6: lumbar CT and radiography orders, rated by the ordered study (radiography: no rating)
+    "ct-acute-uncomplicated": (["acute-uncomplicated"], "not-appropriate", "acute-uncomplicated"),
+    "ct-pregnancy": (["persistent-after-conservative-care", "pregnancy-radiation"], "appropriate", "persistent-after-conservative-care"),
+    "ct-cauda-equina": (["cauda-equina"], "appropriate", "cauda-equina"),
+    "xr-acute-uncomplicated": (["acute-uncomplicated"], None, None),
+    "ct-repeat-imaging": (["repeat-imaging"], "not-appropriate", "repeat-imaging"),
 }
 FIXTURE_NAMES = sorted(EXPECTED)
 
@@ -276,7 +286,7 @@ def test_physical_therapy_referral_is_a_new_draft_for_the_same_patient() -> None
 @pytest.mark.parametrize(("name", "rule_id", "codes_offered"), [
     pytest.param("trauma-ct-first", "trauma-ct-first", ["72100", "72131"], id="low-energy-trauma-radiographs-then-ct"),
     pytest.param("fracture-risk", "fracture-risk", ["72100"], id="fracture-risk-radiographs"),
-    pytest.param("contrast-choice", "contrast-choice", ["72148"], id="72158-after-conservative-care-to-72148"),
+    pytest.param("contrast-choice", "persistent-after-conservative-care", ["72148"], id="72158-after-conservative-care-to-72148"),
     pytest.param("pregnancy-contrast", "pregnancy-contrast", ["72148"], id="pregnant-to-72148"),
 ])
 def test_replacement_studies(name: str, rule_id: str, codes_offered: list[str]) -> None:
@@ -448,12 +458,12 @@ def test_not_found_never_names_a_present_finding(
     findings: dict[Finding, tuple[Evidence, ...]], age: int | None, sex: str | None, start: Any, which: int,
 ) -> None:
     table_, prepared = TABLES[which], PREPARED[which]
-    order = Order(reference="ServiceRequest/o", resource=fhir.mri_order(), system=fhir.CPT, code="72148", display=None,
-                  contrast=Contrast.WITHOUT, priority=None, has_reason=True)
+    order = Order(reference="ServiceRequest/o", resource=fhir.mri_order(), study=fhir.study("72148", Contrast.WITHOUT),
+                  priority=None, has_reason=True)
     facts = Facts(today=AS_OF, age=age, sex=sex, order=order, findings=findings, episode_start=start,
                   episode_days=None if start is None else (AS_OF - start).days)
     unrated = engine.Decision(facts=facts, rule=None, modifiers=())  # a rating card not rated "appropriate"
-    detail = cards._detail(table_.cards["acute-uncomplicated"], unrated, prepared, rating_card=True, prior="x")
+    detail = cards._detail(table_.cards["acute-uncomplicated"], unrated, prepared, table_, rating_card=True, prior="x")
     absent = reference_absent(facts, table_)
     if absent:
         assert not_found_line(detail) == ", ".join(absent) + "."

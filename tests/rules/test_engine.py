@@ -9,6 +9,7 @@ import pytest
 from service.facts import model
 from service.rules import engine
 from service.rules import table
+from tests import fhir
 from tests.fhir import AS_OF
 
 F = model.Finding
@@ -30,10 +31,7 @@ def facts(*found: model.Finding, days: int | None = None, reason: bool = True, c
         resource={"resourceType": "ServiceRequest", "id": "order-1", "status": "draft", "intent": "plan",
                   "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": code}]},
                   "subject": {"reference": "Patient/patient-1"}},
-        system="http://www.ama-assn.org/go/cpt",
-        code=code,
-        display=None,
-        contrast=CONTRAST[code],
+        study=fhir.study(code, CONTRAST[code]),
         priority=priority,
         has_reason=reason,
     )

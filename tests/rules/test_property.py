@@ -40,8 +40,8 @@ def facts(found: set[model.Finding], *, days: int | None, age: int, sex: str, co
     order = fhir.mri_order(code, priority=priority)
     return model.Facts(
         today=AS_OF, age=age, sex=sex,
-        order=model.Order(reference="ServiceRequest/example-request-id", resource=order, system=fhir.CPT, code=code,
-                          display=None, contrast=CONTRAST[code], priority=priority, has_reason=reason),
+        order=model.Order(reference="ServiceRequest/example-request-id", resource=order, study=fhir.study(code, CONTRAST[code]),
+                          priority=priority, has_reason=reason),
         findings={f: (model.Evidence(reference=f"Condition/{f.value}", on=AS_OF - timedelta(days=3), text=f.value),) for f in found},
         episode_start=None if days is None else AS_OF - timedelta(days=days), episode_days=days,
     )

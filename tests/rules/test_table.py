@@ -19,7 +19,7 @@ RULE_IDS = (
     "repeat-imaging", "persistent-after-conservative-care", "acute-uncomplicated", "no-conservative-trial", "no-indication",
     "no-criteria-apply",
 )
-MODIFIER_IDS = ("pregnancy-contrast", "contrast-choice")
+MODIFIER_IDS = ("pregnancy-contrast", "pregnancy-radiation", "contrast-choice")
 
 
 @pytest.fixture

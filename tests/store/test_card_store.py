@@ -59,6 +59,7 @@ def issue(store, *, rule_id="acute-uncomplicated", service_id="order-select", su
         issuer=extra.pop("issuer", "https://ehr.example.org"),
         tenant=extra.pop("tenant", None),
         patient_id=extra.pop("patient_id", "pat-1"),
+        modality=extra.pop("modality", "mri"),
     )
     store.record_cards([card])
     return card
@@ -102,15 +103,23 @@ def writes_blocked(engine, seconds):
 
 
 def test_round_trip(engine, store):
-    a, b, c = issue(store), issue(store), issue(store, rule_id="no-indication")
+    a, b, c = issue(store), issue(store, modality="ct"), issue(store, rule_id="no-indication")
     stored = record_feedback(store, "order-select", {"feedback": [accepted(a), overridden(b), overridden(c, comment="ok")]})
     assert stored == 3
+    mri_accepted = {"cards": 1, "refires": 0, "accepted": 1, "overridden": 0, "override_reasons": {}, "acceptance_rate": 1.0}
+    overridden_once = {"cards": 1, "refires": 0, "accepted": 0, "overridden": 1, "override_reasons": {"patient-preference": 1},
+                       "acceptance_rate": 0.0}
     assert report.build_report(engine, dedup=NO_DEDUP) == {
         "rules": {
             "acute-uncomplicated": {"cards": 2, "refires": 0, "accepted": 1, "overridden": 1,
-                                    "override_reasons": {"patient-preference": 1}, "acceptance_rate": 0.5},
-            "no-indication": {"cards": 1, "refires": 0, "accepted": 0, "overridden": 1,
-                              "override_reasons": {"patient-preference": 1}, "acceptance_rate": 0.0},
+                                    "override_reasons": {"patient-preference": 1}, "acceptance_rate": 0.5,
+                                    "modalities": {"ct": overridden_once, "mri": mri_accepted}},
+            "no-indication": {**overridden_once, "modalities": {"mri": overridden_once}},
+        },
+        "modalities": {
+            "ct": overridden_once,
+            "mri": {"cards": 2, "refires": 0, "accepted": 1, "overridden": 1, "override_reasons": {"patient-preference": 1},
+                    "acceptance_rate": 0.5},
         },
         "cards_total": 3,
         "refires_total": 0,
@@ -318,7 +327,7 @@ def test_restart_loses_nothing(database_url):
         # Cards issued before the restart still take feedback.
         assert record_feedback(second, "order-select", {"feedback": [overridden(cards[4])]}) == 1
         with engine.connect() as conn:
-            assert conn.execute(sa.select(schema.schema_version.c.version)).scalars().all() == [1]
+            assert conn.execute(sa.select(schema.schema_version.c.version)).scalars().all() == [schema.SCHEMA_VERSION]
     finally:
         second.close()
         engine.dispose()
@@ -471,8 +480,45 @@ def test_workers_starting_at_once_create_the_schema_once(database_url):
     try:
         assert failures == []
         with engines[0].connect() as conn:
-            assert conn.execute(sa.select(schema.schema_version.c.version)).scalars().all() == [1]
+            assert conn.execute(sa.select(schema.schema_version.c.version)).scalars().all() == [schema.SCHEMA_VERSION]
         assert {"cards", "card_suggestions", "feedback"} <= set(sa.inspect(engines[0]).get_table_names())
     finally:
         for e in engines:
             e.dispose()
+
+
+# --- schema 2 (issue 13): cards.modality, added to an older database -------------------------------
+
+
+SCHEMA_1_CARDS = """CREATE TABLE cards (
+    card_uuid VARCHAR(64) PRIMARY KEY, service_id VARCHAR(64) NOT NULL, rule_id VARCHAR(128) NOT NULL,
+    indicator VARCHAR(16) NOT NULL, rating VARCHAR(64), hook_instance TEXT NOT NULL, issuer TEXT NOT NULL,
+    tenant TEXT, patient_hash VARCHAR(64), issued_at TIMESTAMP NOT NULL)"""
+
+
+def test_a_schema_1_database_is_migrated_and_stays_readable(database_url):
+    """A database written before issue 13 (no modality column) gains the column at start-up; its cards,
+    all about MRI orders then, count as MRI in the report, and new cards store their modality."""
+    engine = schema.create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(SCHEMA_1_CARDS)
+            conn.exec_driver_sql(
+                "INSERT INTO cards (card_uuid, service_id, rule_id, indicator, rating, hook_instance, issuer, issued_at) "
+                "VALUES ('old-card', 'order-select', 'acute-uncomplicated', 'warning', 'not-appropriate', 'h', 'i', "
+                "'2025-03-03 10:00:00')")
+        schema.create_schema(engine)
+        schema.create_schema(engine)  # idempotent: a second start finds the column there
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(schema.cards.c.modality)).scalars().all() == ["mri"]
+        store = card_store.CardStore(engine, salt="test-salt", lookup_wait=0.2)
+        try:
+            issue(store, modality="xr")
+            store.flush()
+        finally:
+            store.close()
+        result = report.build_report(engine)
+        assert {k: v["cards"] for k, v in result["modalities"].items()} == {"mri": 1, "xr": 1}
+        assert result["rules"]["acute-uncomplicated"]["cards"] == 2
+    finally:
+        engine.dispose()

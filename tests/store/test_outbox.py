@@ -10,6 +10,7 @@ import signal
 import time
 import uuid
 
+import orjson
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -136,3 +137,16 @@ def test_an_unusable_outbox_directory_is_a_configuration_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(ConfigError, match="outbox_dir .* cannot be used"):
         outbox.Outbox(blocker / "outbox")
+
+
+def test_rows_journalled_before_schema_2_are_read_without_a_modality(tmp_path):
+    """A worker of the version before issue 13 journalled card rows without `modality`; the new
+    version's writer inserts them with none (the report counts them as `unknown`)."""
+    path = tmp_path / "w1.00000001.jsonl"
+    row = {"card_uuid": "c-1", "service_id": "order-select", "rule_id": "acute-uncomplicated", "indicator": "warning",
+           "rating": "not-appropriate", "hook_instance": "h", "issuer": "i", "tenant": None, "patient_hash": None,
+           "issued_at": "2026-11-26T10:00:00+00:00"}
+    path.write_bytes(orjson.dumps({"cards": [row], "suggestions": []}) + b"\n")
+    cards, suggestions = outbox.read_rows(path)
+    assert cards[0]["modality"] is None and suggestions == []
+    assert set(cards[0]) == {c.name for c in schema.cards.columns}

@@ -48,13 +48,13 @@ def store(engine, clock):
 
 
 def issue(store, rule_id="acute-uncomplicated", *, on=None, clock=None, patient=None, hook_instance=None,
-          service="order-select"):
+          service="order-select", modality="mri"):
     if on is not None:
         clock.now = on
     card = card_store.IssuedCard(
         card_uuid=str(uuid.uuid4()), suggestion_uuids=(str(uuid.uuid4()),), service_id=service,
         rule_id=rule_id, indicator="warning", rating=None, hook_instance=hook_instance or str(uuid.uuid4()),
-        issuer="https://ehr.example.org", tenant=None, patient_id=patient)
+        issuer="https://ehr.example.org", tenant=None, patient_id=patient, modality=modality)
     store.record_cards([card])
     return card
 
@@ -73,27 +73,48 @@ SCOPE = report.Scope(database="sqlite:////srv/cds.db", generated_at=datetime(202
 
 
 def test_empty_store(engine):
-    assert report.build_report(engine) == {"rules": {}, "cards_total": 0, "refires_total": 0, "feedback_total": 0}
+    assert report.build_report(engine) == {"rules": {}, "modalities": {}, "cards_total": 0, "refires_total": 0, "feedback_total": 0}
     assert "No cards issued" in report.render_html(engine, report.build_report(engine), SCOPE)
 
 
 def test_shape_and_counts(engine, store):
-    cards = [issue(store) for _ in range(4)] + [issue(store, "no-indication")]
+    cards = [issue(store), issue(store), issue(store, modality="ct"), issue(store, modality="xr"), issue(store, "no-indication")]
     give(store, cards[0], "accepted")
     give(store, cards[1], "overridden", code="already-imaged")
     give(store, cards[2], "overridden", code="already-imaged")
     give(store, cards[3], "overridden")  # no coded reason: counted as overridden only
     result = report.build_report(engine)
+    ct = {"cards": 1, "refires": 0, "accepted": 0, "overridden": 1, "override_reasons": {"already-imaged": 1}, "acceptance_rate": 0.0}
+    xr = {"cards": 1, "refires": 0, "accepted": 0, "overridden": 1, "override_reasons": {}, "acceptance_rate": 0.0}
+    no_feedback = {"cards": 1, "refires": 0, "accepted": 0, "overridden": 0, "override_reasons": {}}
     assert result == {
         "rules": {
-            "acute-uncomplicated": {"cards": 4, "refires": 0, "accepted": 1, "overridden": 3,
-                                    "override_reasons": {"already-imaged": 2}, "acceptance_rate": 0.25},
-            "no-indication": {"cards": 1, "refires": 0, "accepted": 0, "overridden": 0, "override_reasons": {}},
+            "acute-uncomplicated": {
+                "cards": 4, "refires": 0, "accepted": 1, "overridden": 3, "override_reasons": {"already-imaged": 2},
+                "acceptance_rate": 0.25,
+                "modalities": {
+                    "ct": ct,
+                    "mri": {"cards": 2, "refires": 0, "accepted": 1, "overridden": 1, "override_reasons": {"already-imaged": 1},
+                            "acceptance_rate": 0.5},
+                    "xr": xr,
+                },
+            },
+            "no-indication": {**no_feedback, "modalities": {"mri": no_feedback}},
+        },
+        "modalities": {
+            "ct": ct,
+            "mri": {"cards": 3, "refires": 0, "accepted": 1, "overridden": 1, "override_reasons": {"already-imaged": 1},
+                    "acceptance_rate": 0.5},
+            "xr": xr,
         },
         "cards_total": 5,
         "refires_total": 0,
         "feedback_total": 4,
     }
+    text = report.render_text(result, SCOPE)
+    assert re.search(r"^    ct\s+1\s+0\s+0\s+1\s+0 % \(0 of 1\)$", text, re.M)
+    assert re.search(r"^modality xr\s+1\s+0\s+0\s+1\s+0 % \(0 of 1\)$", text, re.M)
+    assert "<td>modality ct</td><td>1</td><td>0</td>" in report.render_html(engine, result, SCOPE)
 
 
 def test_latest_feedback_on_a_card_wins(engine, store):
@@ -248,7 +269,7 @@ def test_report_command(engine, store, tmp_path):
     answer = runner.invoke(cli, ["report", "--json"], env=env, catch_exceptions=False)
     assert answer.exit_code == 0
     printed = json.loads(answer.output)
-    assert {k: printed[k] for k in ("rules", "cards_total", "refires_total", "feedback_total")} == report.build_report(engine)
+    assert {k: printed[k] for k in ("rules", "modalities", "cards_total", "refires_total", "feedback_total")} == report.build_report(engine)
     assert printed["database"] == engine.url.render_as_string(hide_password=True)
     assert (printed["since"], printed["until"], printed["dedup_minutes"]) == (None, None, 10)
     assert printed["generated_at"].endswith("+00:00")

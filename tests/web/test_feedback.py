@@ -64,9 +64,9 @@ def test_round_trip(client, signer, services):
     assert answer.status_code == 200
     assert answer.data == b"" and "Content-Type" not in answer.headers
     result = report.build_report(services.engine, dedup=NO_DEDUP)
-    assert result["rules"]["acute-uncomplicated"] == {
-        "cards": 2, "refires": 0, "accepted": 1, "overridden": 1, "override_reasons": {"patient-preference": 1},
-        "acceptance_rate": 0.5}
+    counts = {"cards": 2, "refires": 0, "accepted": 1, "overridden": 1, "override_reasons": {"patient-preference": 1},
+              "acceptance_rate": 0.5}
+    assert result["rules"]["acute-uncomplicated"] == {**counts, "modalities": {"unknown": counts}}
 
 
 def test_feedback_on_cards_from_a_real_hook_call(client, signer, services):

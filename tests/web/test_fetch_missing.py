@@ -14,8 +14,7 @@ from service.app import create_app
 from service.app import services_of
 from tests import fhir
 from tests.conftest import trusting_fhir_server
-from tests.fhirserver.runner import load_bundle
-from tests.fhirserver.runner import running_fhir_server
+from tests.fhirserver.runner import serving_stories
 
 STORIES = sorted(p.stem for p in (fhir.FIXTURES / "patients").glob("*.json"))
 TOKEN = "fhir-access-token-not-for-logs"
@@ -23,10 +22,7 @@ TOKEN = "fhir-access-token-not-for-logs"
 
 @pytest.fixture(scope="module")
 def fhir_base():
-    with running_fhir_server() as base:
-        for name in STORIES:
-            bundle = json.loads((fhir.FIXTURES / "patients" / f"{name}.json").read_text())
-            load_bundle(base, fhir.shift_dates(bundle, (date.today() - fhir.AS_OF).days))
+    with serving_stories(STORIES) as base:
         yield base
 
 

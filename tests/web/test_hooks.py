@@ -30,11 +30,16 @@ EXPECTED = [
     ("no-indication", ["no-indication"]),
     ("no-criteria-apply", []),
     ("pregnancy-contrast", ["acute-uncomplicated", "pregnancy-contrast"]),
-    ("contrast-choice", ["persistent-after-conservative-care", "contrast-choice"]),
+    ("contrast-choice", ["persistent-after-conservative-care"]),  # v2: the rating card offers 72148 itself
     ("repeat-imaging", ["repeat-imaging"]),
     ("steroid-statement", ["fracture-risk"]),
     ("cauda-equina-contrast", ["cauda-equina"]),
     ("child", []),
+    ("ct-acute-uncomplicated", ["acute-uncomplicated"]),
+    ("ct-pregnancy", ["persistent-after-conservative-care", "pregnancy-radiation"]),
+    ("ct-cauda-equina", ["cauda-equina"]),
+    ("xr-acute-uncomplicated", ["acute-uncomplicated"]),
+    ("ct-repeat-imaging", ["repeat-imaging"]),
 ]
 
 SANDBOX_SHAPES = ["sandbox-empty-order", "sandbox-medication-order", "sandbox-dstu2-medication-order", "sandbox-no-draft-orders"]
@@ -63,6 +68,11 @@ def test_discovery_lists_both_services_with_prefetch(client):
     # v2: medication use is read from statements and dispenses too (long-term steroids, conservative care)
     assert prefetch["medicationStatements"] == "MedicationStatement?patient={{context.patientId}}"
     assert prefetch["medicationDispenses"] == "MedicationDispense?patient={{context.patientId}}"
+    # v2 change 6: prior studies of every modality are read (no modality filter on imaging queries)
+    assert prefetch["imagingStudies"] == "ImagingStudy?patient={{context.patientId}}"
+    assert prefetch["diagnosticReports"] == "DiagnosticReport?patient={{context.patientId}}"
+    for service in services.values():  # what is reviewed, and that radiography is not rated
+        assert all(word in service["description"] for word in ("MRI", "CT", "radiography", "PAMA"))
 
 
 @pytest.mark.parametrize(("name", "rules"), EXPECTED)

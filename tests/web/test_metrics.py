@@ -72,11 +72,15 @@ def test_cards_ratings_and_prefetch_use(client, signer):
     post(client, signer, fhir.load_request("pregnancy-contrast", shift_to=date.today()))
     post(client, signer, fhir.load_request("order-sign-two-orders", shift_to=date.today()), path=SIGN)
     found = scrape(client)
-    assert value(found, "lumbar_mri_cds_cards_total", service="order-select", rule="acute-uncomplicated", indicator="warning") == 2
+    assert value(found, "lumbar_mri_cds_cards_total", service="order-select", rule="acute-uncomplicated", indicator="warning",
+                 modality="mri") == 2
     assert value(found, "lumbar_mri_cds_ratings_total", service="order-select", rule="acute-uncomplicated", rating="not-appropriate") == 2
     assert sum(v for (name, labels), v in found.items()
                if name == "lumbar_mri_cds_cards_total" and ("service", "order-sign") in labels) >= 2
     assert value(found, "lumbar_mri_cds_prefetch_keys_total", key="conditions", source="prefetch") == 3
+    post(client, signer, fhir.load_request("xr-acute-uncomplicated", shift_to=date.today()))  # v2 change 6
+    assert value(scrape(client), "lumbar_mri_cds_cards_total", service="order-select", rule="acute-uncomplicated",
+                 indicator="warning", modality="xr") == 1
 
 
 def test_fhir_fetches_and_failures(client, signer, httpserver):

@@ -93,7 +93,7 @@ def test_one_line_per_request_with_ids_decisions_and_prefetch_use(client, signer
     assert line["status"] == 200
     assert 0 < line["latency_ms"] < 10_000
     assert line["rules"] == {"acute-uncomplicated": "not-appropriate"}
-    assert line["cards"] == [{"rule": "acute-uncomplicated", "indicator": "warning"}]
+    assert line["cards"] == [{"rule": "acute-uncomplicated", "indicator": "warning", "modality": "mri"}]
     assert line["orders_reviewed"] == 1
     assert line["prefetch_misses"] == [] and "conditions" in line["prefetch_hits"]
     expected = hmac.new(SALT.encode(), request["context"]["patientId"].encode(), hashlib.sha256).hexdigest()
