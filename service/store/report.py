@@ -234,12 +234,6 @@ def _window(since: date | None, until: date | None) -> list[sa.ColumnElement[boo
     return clauses
 
 
-def _utc_day(engine: sa.Engine, column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-    if engine.dialect.name == "postgresql":
-        return sa.cast(sa.func.timezone("UTC", column), sa.Date)
-    return sa.func.date(column)  # SQLite keeps UTC text: 'YYYY-MM-DD'
-
-
 def _week_range(first: date, last: date) -> list[date]:
     return [first + timedelta(weeks=n) for n in range((last - first).days // 7 + 1)]
 
