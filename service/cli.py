@@ -103,7 +103,7 @@ METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 def metrics_dir_for_workers(environ: MutableMapping[str, str]) -> None:
     """Give the workers a shared Prometheus directory, so /metrics adds up all of them.
 
-    Without ${METRICS_ENV} set, a fresh private directory is made and removed when `serve` ends.
+    Without PROMETHEUS_MULTIPROC_DIR set, a fresh private directory is made and removed when `serve` ends.
     prometheus-client decides between per-process and file-backed counters when it is imported,
     which is why this runs before anything imports it.
     """

@@ -111,7 +111,7 @@ class ReplayCache:
 
     def check_and_remember(self, iss: str, jti: str, expires_at: int) -> bool:
         """True when this (iss, jti) is new (and now remembered), False when it was seen before."""
-        digest = hashlib.sha256(jti.encode("utf-8")).hexdigest()
+        digest = _digest(jti)
         if next(self._calls) % PRUNE_EVERY == 0:
             self.prune()
         try:
@@ -184,6 +184,7 @@ class ReplayCache:
 
 
 def _digest(value: str) -> str:
+    """Hex SHA-256 of a token id or issuer: a fixed-size key whatever the EHR sends."""
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 

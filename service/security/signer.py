@@ -114,7 +114,6 @@ def _write_if_changed(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-
 def local_signer(settings: Settings) -> Signer | None:
     """The local issuer's signer when these settings trust it (development), its key created if
     need be; None otherwise."""

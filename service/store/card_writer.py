@@ -66,7 +66,9 @@ class CardWriter:
         self._sealed = 0       # outbox segments holding the rows taken for the batch being written
         self._dropped_to_disk = False  # rows left memory (MAX_PENDING_CARDS) and wait in the outbox only
         self._recover_at = 0.0
+
     def put(self, card_rows: list[dict[str, Any]], suggestion_rows: list[dict[str, Any]]) -> None:
+        """Queue one answer's rows (journalled in the outbox first, when there is one); returns at once."""
         if self._pid != os.getpid():
             self._reset()  # a forked child: the parent writes what it queued, we start afresh
         with self._cond:

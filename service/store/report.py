@@ -234,12 +234,6 @@ def _window(since: date | None, until: date | None) -> list[sa.ColumnElement[boo
     return clauses
 
 
-def _utc_day(engine: sa.Engine, column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-    if engine.dialect.name == "postgresql":
-        return sa.cast(sa.func.timezone("UTC", column), sa.Date)
-    return sa.func.date(column)  # SQLite keeps UTC text: 'YYYY-MM-DD'
-
-
 def _week_range(first: date, last: date) -> list[date]:
     return [first + timedelta(weeks=n) for n in range((last - first).days // 7 + 1)]
 
@@ -367,21 +361,8 @@ def render_html(engine: sa.Engine, report: Mapping[str, Any], scope: Scope) -> s
 
 
 def _html_table(report: Mapping[str, Any], scope: Scope) -> str:
-    rows = []
-    for rule_id, entry in report["rules"].items():
-        reasons = ", ".join(f"{html.escape(scope.label(str(code)))}: {n}" for code, n in entry["override_reasons"].items())
-        rows.append(
-            f"<tr><td>{html.escape(rule_id)}</td><td>{entry['cards']}</td><td>{entry['refires']}</td>"
-            f"<td>{entry['accepted']}</td><td>{entry['overridden']}</td><td>{_rate(entry)}</td>"
-            f"<td class=\"reasons\">{reasons}</td></tr>"
-        )
-    for kind, counts in report.get("modalities", {}).items():
-        reasons = ", ".join(f"{html.escape(scope.label(str(code)))}: {n}" for code, n in counts["override_reasons"].items())
-        rows.append(
-            f"<tr><td>modality {html.escape(kind)}</td><td>{counts['cards']}</td><td>{counts['refires']}</td>"
-            f"<td>{counts['accepted']}</td><td>{counts['overridden']}</td><td>{_rate(counts)}</td>"
-            f"<td class=\"reasons\">{reasons}</td></tr>"
-        )
+    rows = [_html_row(rule_id, entry, scope) for rule_id, entry in report["rules"].items()]
+    rows += [_html_row(f"modality {kind}", counts, scope) for kind, counts in report.get("modalities", {}).items()]
     rows.append(
         f"<tr><th>total</th><th>{report['cards_total']}</th><th>{report['refires_total']}</th>"
         f"<th colspan=\"4\" class=\"reasons\">feedback on {report['feedback_total']} of {report['cards_total']} cards</th></tr>"
@@ -389,6 +370,16 @@ def _html_table(report: Mapping[str, Any], scope: Scope) -> str:
     head = ("<tr><th>rule</th><th>cards</th><th>re-fires</th><th>accepted</th><th>overridden</th><th>acceptance</th>"
             "<th>override reasons</th></tr>")
     return "<table>\n" + head + "\n" + "\n".join(rows) + "\n</table>"
+
+
+def _html_row(label: str, counts: Mapping[str, Any], scope: Scope) -> str:
+    """One row of the table: a rule's (or a modality's) counts and override reasons."""
+    reasons = ", ".join(f"{html.escape(scope.label(str(code)))}: {n}" for code, n in counts["override_reasons"].items())
+    return (
+        f"<tr><td>{html.escape(label)}</td><td>{counts['cards']}</td><td>{counts['refires']}</td>"
+        f"<td>{counts['accepted']}</td><td>{counts['overridden']}</td><td>{_rate(counts)}</td>"
+        f"<td class=\"reasons\">{reasons}</td></tr>"
+    )
 
 
 def _svg_chart(rule_id: str, series: list[Week], *, width: int = 760, height: int = 140) -> str:
