@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 _HTTP_ISSUE_CODES = {400: "invalid", 404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
 
 
+def json_response(value: object, status: int = 200) -> Response:
+    """A JSON answer (orjson), as every view of the service gives one."""
+    return Response(orjson.dumps(value), status=status, mimetype="application/json")
+
+
 def operation_outcome(status: int, code: str, message: str, expression: str | None = None) -> Response:
     """An OperationOutcome response with one error issue."""
     issue: dict[str, object] = {"severity": "error", "code": code, "diagnostics": message}

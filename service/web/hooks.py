@@ -15,7 +15,6 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-import orjson
 from flask import Blueprint
 from flask import Response
 from flask import current_app
@@ -40,6 +39,7 @@ from service.services import services_of
 from service.web import auth
 from service.web import deadline as deadlines
 from service.web import observability
+from service.web.errors import json_response
 
 blueprint = Blueprint("hooks", __name__)
 
@@ -65,7 +65,7 @@ def discovery() -> Response:
     """The services of the catalogue (cards/services.toml) and their prefetch templates (no token needed)."""
     services = services_of(current_app)
     templates = services.evaluator.templates
-    return _json({
+    return json_response({
         "services": [
             {"hook": s.hook, "id": s.id, "title": s.title, "description": s.description, "prefetch": templates}
             for s in services.catalogue.values()
@@ -107,7 +107,7 @@ def call_service(service_id: str) -> Response:
     _note_evaluation(call, evaluation, services.evaluator.templates)
     if call.cards:
         services.recorder.record_call(call)
-    return _json(evaluation.response)
+    return json_response(evaluation.response)
 
 
 def _fetcher(
@@ -146,6 +146,3 @@ def _note_evaluation(call: CallRecord, evaluation: Evaluation, templates: dict[s
             for key in templates
         }
 
-
-def _json(value: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(value), status=status, mimetype="application/json")

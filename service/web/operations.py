@@ -5,7 +5,6 @@ None of them takes a token: they hold no patient data.
 
 from __future__ import annotations
 
-import orjson
 import sqlalchemy as sa
 from flask import Blueprint
 from flask import Response
@@ -17,6 +16,7 @@ from service.errors import StoreUnavailable
 from service.services import services_of
 from service.web import metrics
 from service.web import openapi
+from service.web.errors import json_response
 
 blueprint = Blueprint("operations", __name__)
 
@@ -32,7 +32,7 @@ def _prepare(state: BlueprintSetupState) -> None:
 @blueprint.get("/healthz", endpoint="healthz")
 def healthz() -> Response:
     """Liveness: the process answers."""
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @blueprint.get("/readyz", endpoint="readyz")
@@ -43,7 +43,7 @@ def readyz() -> Response:
             conn.execute(sa.text("SELECT 1"))
     except sa.exc.SQLAlchemyError as exc:
         raise StoreUnavailable(f"the store is not reachable ({type(exc).__name__})") from None
-    return _json({"status": "ready"})
+    return json_response({"status": "ready"})
 
 
 @blueprint.get("/metrics", endpoint="metrics")
@@ -57,6 +57,3 @@ def serve_openapi() -> Response:
     """The OpenAPI document of this deployment."""
     return Response(current_app.extensions[_OPENAPI_KEY], mimetype="application/json")
 
-
-def _json(value: object) -> Response:
-    return Response(orjson.dumps(value), status=200, mimetype="application/json")
