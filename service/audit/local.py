@@ -130,12 +130,10 @@ def run(
 
 def _merge(stats: ReadStats, chunks: list[Chunk], results: list[ChunkResult]) -> None:
     """Merge the chunks' stats, turning chunk-relative line numbers into the file's."""
-    first_line: dict[int, int] = {}
     seen_in_file: dict[Path, int] = {}
     for chunk, result in zip(chunks, results, strict=True):
-        first_line[chunk.index] = seen_in_file.get(chunk.file.path, 0)
-        seen_in_file[chunk.file.path] = first_line[chunk.index] + result.lines_seen
-        offset = first_line[chunk.index]
+        offset = seen_in_file.get(chunk.file.path, 0)
+        seen_in_file[chunk.file.path] = offset + result.lines_seen
         result.stats.bad_examples = [(f, n + offset, r) for f, n, r in result.stats.bad_examples]
         stats.merge(result.stats)
 
