@@ -30,10 +30,9 @@ import orjson
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from service.audit import bulk  # noqa: E402
 from service.audit import export as export_mod  # noqa: E402
 from service.audit import local  # noqa: E402
-from service.audit.patient import reading_filters  # noqa: E402
-from service.pipeline import Evaluator  # noqa: E402
 
 
 def _parse_chunk(chunk: local.Chunk) -> int:
@@ -52,7 +51,7 @@ def _children_cpu() -> float:
 
 def floor(export_dir: Path, workers: int) -> tuple[float, float, int]:
     """Wall and CPU seconds to parse every line of the files the audit reads, and the line count."""
-    kinds = set(reading_filters(Evaluator.load())) | export_mod.DIRECTORY_TYPES
+    kinds = set(bulk.export_types())
     files = [f for f in export_mod.discover(export_dir) if f.kind in kinds]
     chunks = local.plan_chunks(files)
     started, cpu, children = time.perf_counter(), time.process_time(), _children_cpu()

@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 import orjson
 import requests
 
-from service.audit.patient import read_templates
+from service.audit.export import DIRECTORY_TYPES
+from service.audit.patient import reading_filters
 from service.config import Settings
 from service.errors import ExportError
 from service.security import fhir_servers
@@ -45,12 +46,9 @@ def allowed_base(settings: Settings, base: str) -> bool:
 
 def export_types() -> list[str]:
     """The resource types the audit reads, for ``_type`` (the service's templates decide)."""
-    from service.audit.export import DIRECTORY_TYPES
-    from service.audit.export import EXTRA_TYPES
     from service.pipeline import Evaluator
 
-    kinds = {q.kind for q in read_templates(Evaluator.load().templates).values()}
-    return sorted(kinds | EXTRA_TYPES | DIRECTORY_TYPES)
+    return sorted(set(reading_filters(Evaluator.load())) | DIRECTORY_TYPES)
 
 
 def kick_off_and_download(

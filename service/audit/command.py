@@ -23,7 +23,6 @@ class ProgressBar:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.done: dict[str, int] = {}
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         if not self.enabled:

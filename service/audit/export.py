@@ -94,6 +94,17 @@ class ReadStats:
         if len(self.bad_examples) < MAX_BAD_EXAMPLES:
             self.bad_examples.append((file_name, line, reason))
 
+    def count(self, reason: str, file_name: str, line: int) -> None:
+        """Count a line ``classify`` did not key: blank (not counted), of a type not read, or bad."""
+        if not reason:
+            return
+        self.lines += 1
+        if reason.startswith("skip:"):
+            kind = reason[5:]
+            self.skipped_types[kind] = self.skipped_types.get(kind, 0) + 1
+        else:
+            self.bad(file_name, line, reason)
+
     def as_json(self) -> dict[str, Any]:
         """The summary.json form."""
         return {

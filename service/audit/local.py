@@ -130,12 +130,10 @@ def run(
 
 def _merge(stats: ReadStats, chunks: list[Chunk], results: list[ChunkResult]) -> None:
     """Merge the chunks' stats, turning chunk-relative line numbers into the file's."""
-    first_line: dict[int, int] = {}
     seen_in_file: dict[Path, int] = {}
     for chunk, result in zip(chunks, results, strict=True):
-        first_line[chunk.index] = seen_in_file.get(chunk.file.path, 0)
-        seen_in_file[chunk.file.path] = first_line[chunk.index] + result.lines_seen
-        offset = first_line[chunk.index]
+        offset = seen_in_file.get(chunk.file.path, 0)
+        seen_in_file[chunk.file.path] = offset + result.lines_seen
         result.stats.bad_examples = [(f, n + offset, r) for f, n, r in result.stats.bad_examples]
         stats.merge(result.stats)
 
@@ -157,7 +155,7 @@ def _partition(chunk: Chunk, work_dir: Path, partitions: int, wanted: Path | Non
             lines_seen = number
             got = classify(line, reading, only)
             if type(got) is str:
-                _count(stats, got, name, number)
+                stats.count(got, name, number)
                 continue
             patient, flagged, kept = got
             stats.lines += 1
@@ -180,18 +178,6 @@ def _wanted(path: Path) -> frozenset[str]:
         _WANTED.clear()
         _WANTED[path] = frozenset(path.read_text("utf-8").split("\n"))
     return _WANTED[path]
-
-
-def _count(stats: ReadStats, reason: str, file_name: str, number: int) -> None:
-    """Count a line classify did not key: blank (not counted), of a type not read, or bad."""
-    if not reason:
-        return
-    stats.lines += 1
-    if reason.startswith("skip:"):
-        kind = reason[5:]
-        stats.skipped_types[kind] = stats.skipped_types.get(kind, 0) + 1
-    else:
-        stats.bad(file_name, number, reason)
 
 
 def _audit_partition(work_dir: Path, partition: int) -> list[dict[str, Any]]:

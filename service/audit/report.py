@@ -70,9 +70,13 @@ def _totals(summary: dict[str, Any]) -> str:
     return f"<h2>Totals</h2><table id=\"totals\">{cells}</table>"
 
 
+def _ranked(groups: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The groups, most orders first (ties by key)."""
+    return sorted(groups.items(), key=lambda kv: (-kv[1]["orders"], kv[0]))
+
+
 def _top(groups: dict[str, Any]) -> dict[str, Any]:
-    ranked = sorted(groups.items(), key=lambda kv: (-kv[1]["orders"], kv[0]))[:TOP]
-    return dict(ranked)
+    return dict(_ranked(groups)[:TOP])
 
 
 def _figure(name: str, title: str, svg: str) -> str:
@@ -114,7 +118,7 @@ def _rule_chart(summary: dict[str, Any]) -> str:
     groups = summary["by_rule"]
     total = summary["orders"]
     items = [(key, entry["orders"] / total if total else 0.0, _pct(entry["orders"], total) + " of orders")
-             for key, entry in sorted(groups.items(), key=lambda kv: (-kv[1]["orders"], kv[0]))]
+             for key, entry in _ranked(groups)]
     return _figure("by-rule", "Orders by rule (share of all orders audited)", _hbars("by-rule", items, "count"))
 
 

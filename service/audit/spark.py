@@ -99,13 +99,7 @@ def _classify_partition(
     for line, index in part:
         got = classify(line, reading, patients)
         if isinstance(got, str):
-            if not got:
-                continue
-            stats.lines += 1
-            if got.startswith("skip:"):
-                stats.skipped_types[got[5:]] = stats.skipped_types.get(got[5:], 0) + 1
-            else:
-                stats.bad(name, index + 1, got)
+            stats.count(got, name, index + 1)
             continue
         patient, flagged, kept = got
         stats.lines += 1
