@@ -25,6 +25,7 @@ from service.rules.predicates import READS
 from service.rules.predicates import WEAKER_RISK_FACTORS
 from service.rules.table import CardContent
 from service.rules.table import Modifier
+from service.rules.table import OverrideReason
 from service.rules.table import RuleTable
 from service.rules.table import Suggestion
 from service.rules.table import Variant
@@ -65,6 +66,7 @@ class Prepared:
     red_flags: tuple[tuple[Finding | None, str], ...]  # (finding, short name) of red flags; None: not in the model
     closing: Mapping[str, str]                         # card id -> the detail's last paragraph (rule id, sources)
     deciding: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # rule id -> predicates its `when` needs
+    override_reasons: Mapping[str, tuple[OverrideReason, ...]] = field(default_factory=dict)  # card id -> reasons it offers
 
 
 def prepare(table: RuleTable) -> Prepared:
@@ -82,7 +84,14 @@ def prepare(table: RuleTable) -> Prepared:
             for cid, content in table.cards.items()
         },
         deciding={r.id: _deciding_predicates(r.id, r.when.all + r.when.any, table) for r in table.rules},
+        override_reasons=_offered_reasons(table),
     )
+
+
+def _offered_reasons(table: RuleTable) -> dict[str, tuple[OverrideReason, ...]]:
+    """Per card id, the override-reasons.toml entries its ``override_reasons`` codes name, in its order."""
+    reasons = {r.code: r for r in table.override_reasons}
+    return {cid: tuple(reasons[c] for c in content.override_reasons) for cid, content in table.cards.items()}
 
 
 def _deciding_predicates(rule_id: str, names: tuple[str, ...], table: RuleTable) -> tuple[str, ...]:
@@ -299,9 +308,8 @@ def _card(
         card["suggestions"] = suggestions
         card["selectionBehavior"] = "at-most-one"
     if content.override_reasons:
-        reasons = {r.code: r for r in table.override_reasons}
         card["overrideReasons"] = [
-            {"system": reasons[c].system, "code": c, "display": reasons[c].display} for c in content.override_reasons
+            {"system": r.system, "code": r.code, "display": r.display} for r in prepared.override_reasons[content.id]
         ]
     return RenderedCard(card=card, rule_id=content.id, suggestion_uuids=tuple(s["uuid"] for s in suggestions))
 
