@@ -230,7 +230,7 @@ def _rating_extras(offers: list[_Offer], content: CardContent, decision: Decisio
         try:
             if stat:
                 action = actions.stat_and_replace_code(draft, better.code, better.display, rating, rule_id)
-                label = f"Make STAT and change to {better.display} ({better.code})"
+                label = _stat_label(better.display, better.code)
             else:
                 action = actions.replace_code(draft, better.code, better.display, rating, rule_id)
         except actions.InvalidOrder as exc:
@@ -244,13 +244,18 @@ def _rating_extras(offers: list[_Offer], content: CardContent, decision: Decisio
         offers.append(_Offer(spec, _suggestion_json(spec.label, False, actions.delete_order(draft))))
 
 
+def _stat_label(display: str | None, code: str | None) -> str:
+    """The label of a suggestion that makes the order STAT and changes its study."""
+    return f"Make STAT and change to {display} ({code})"
+
+
 def _stat_and_code(offer: _Offer, decision: Decision, draft: actions.Draft, rule_id: str) -> _Offer | None:
     try:
         action = actions.stat_and_replace_code(draft, offer.code or "", offer.display or "", offer.rating, rule_id)
     except actions.InvalidOrder as exc:
         log.warning("merged suggestion dropped for %s: %s", decision.facts.order.reference, exc)
         return None
-    label = f"Make STAT and change to {offer.display} ({offer.code})"
+    label = _stat_label(offer.display, offer.code)
     spec = Suggestion(key=f"stat-and-{offer.spec.key}", label=label, action="replace-code", recommended=True)
     return _Offer(spec, _suggestion_json(label, True, action), code=offer.code, display=offer.display, stat=True)
 
