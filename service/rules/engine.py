@@ -27,8 +27,12 @@ class Decision:
     row: RatingRow | None = None      # the rule's row of the rating table (rules 9 and 10 have none)
     acr: str | None = None            # UA | MBA | UNA: the ordered study's rating in that row
     better: StudyColumn | None = None # the study to offer instead: usually appropriate where the ordered one is not
-    rated: bool = True                # False: an order PAMA does not cover (radiography): cards, no rating
     ordered: StudyColumn | None = None  # the ordered study's column of the rating table
+
+    @property
+    def rated(self) -> bool:
+        """False for an order PAMA does not cover (radiography): cards, no rating."""
+        return self.ordered is None or self.ordered.rated
 
     @property
     def rating(self) -> str | None:
@@ -111,7 +115,7 @@ def decide(table: RuleTable, facts: Facts) -> Decision:
         ):
             fired[modifier.id] = modifier
     return Decision(facts=facts, rule=rule, modifiers=tuple(fired.values()), row=row, acr=acr, better=better,
-                    rated=ordered.rated if ordered is not None else True, ordered=ordered)
+                    ordered=ordered)
 
 
 def _rated_above(table: RuleTable, row: RatingRow | None, facts: Facts, code: str | None, acr: str | None) -> bool:
