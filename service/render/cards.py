@@ -464,7 +464,7 @@ def _deciding(decision: Decision, prepared: Prepared) -> set[Finding]:
         return set()
     out: set[Finding] = set()
     for name in prepared.deciding.get(decision.rule.id, ()):
-        if name != "weaker_risk_factor" and PREDICATES[name](decision.facts):
+        if PREDICATES[name](decision.facts):  # prepare() already left out weaker_risk_factor
             out.update(f for f in READS[name] if f in decision.facts.findings)
     return out
 
