@@ -467,14 +467,15 @@ def _read_medications(
     for med in medications:
         if med.get("status") in medication_use.NOT_TAKEN:
             continue
-        concepts, text = concepts_of(medication_use.medication_code(med), vs)
+        codeable = medication_use.medication_code(med)
+        concepts, text = concepts_of(codeable, vs)
         if not concepts:
             continue
         use = medication_use.use_period(med, today)
         if use is None:
             continue
         start, end = use
-        evidence = model.Evidence(reference=_reference(med), on=start, text=_medication_text(med, text, vs))
+        evidence = model.Evidence(reference=_reference(med), on=start, text=_medication_text(codeable, text, vs))
         if not CONSERVATIVE_MEDICATIONS.isdisjoint(concepts):
             conservative.append(Use(evidence, start, end))
         if GLUCOCORTICOIDS in concepts:
@@ -488,10 +489,11 @@ def _read_medications(
     return conservative
 
 
-def _medication_text(med: Mapping[str, Any], text: str, vs: ValueSets) -> str:
-    """The matching coding, with its ingredient when it is a product-level RxNorm code the record
-    does not already name by ingredient ("312617 predniSONE 20 MG Oral Tablet" stays as it is)."""
-    for coding in _codings(medication_use.medication_code(med)):
+def _medication_text(codeable: Any, text: str, vs: ValueSets) -> str:
+    """The matching coding of the medication's code, with its ingredient when it is a product-level
+    RxNorm code the record does not already name by ingredient ("312617 predniSONE 20 MG Oral Tablet"
+    stays as it is)."""
+    for coding in _codings(codeable):
         if coding.get("system") != RXNORM:
             continue
         got = vs.ingredient(RXNORM, coding.get("code"))

@@ -124,11 +124,6 @@ class Order:
         """The ordered study's contrast option."""
         return self.study.contrast
 
-    @property
-    def modality(self) -> Modality:
-        """The ordered study's modality."""
-        return self.study.modality
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Facts:

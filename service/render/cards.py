@@ -25,6 +25,7 @@ from service.rules.predicates import READS
 from service.rules.predicates import WEAKER_RISK_FACTORS
 from service.rules.table import CardContent
 from service.rules.table import Modifier
+from service.rules.table import OverrideReason
 from service.rules.table import RuleTable
 from service.rules.table import Suggestion
 from service.rules.table import Variant
@@ -65,6 +66,7 @@ class Prepared:
     red_flags: tuple[tuple[Finding | None, str], ...]  # (finding, short name) of red flags; None: not in the model
     closing: Mapping[str, str]                         # card id -> the detail's last paragraph (rule id, sources)
     deciding: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # rule id -> predicates its `when` needs
+    override_reasons: Mapping[str, tuple[OverrideReason, ...]] = field(default_factory=dict)  # card id -> reasons it offers
 
 
 def prepare(table: RuleTable) -> Prepared:
@@ -82,7 +84,14 @@ def prepare(table: RuleTable) -> Prepared:
             for cid, content in table.cards.items()
         },
         deciding={r.id: _deciding_predicates(r.id, r.when.all + r.when.any, table) for r in table.rules},
+        override_reasons=_offered_reasons(table),
     )
+
+
+def _offered_reasons(table: RuleTable) -> dict[str, tuple[OverrideReason, ...]]:
+    """Per card id, the override-reasons.toml entries its ``override_reasons`` codes name, in its order."""
+    reasons = {r.code: r for r in table.override_reasons}
+    return {cid: tuple(reasons[c] for c in content.override_reasons) for cid, content in table.cards.items()}
 
 
 def _deciding_predicates(rule_id: str, names: tuple[str, ...], table: RuleTable) -> tuple[str, ...]:
@@ -221,7 +230,7 @@ def _rating_extras(offers: list[_Offer], content: CardContent, decision: Decisio
         try:
             if stat:
                 action = actions.stat_and_replace_code(draft, better.code, better.display, rating, rule_id)
-                label = f"Make STAT and change to {better.display} ({better.code})"
+                label = _stat_label(better.display, better.code)
             else:
                 action = actions.replace_code(draft, better.code, better.display, rating, rule_id)
         except actions.InvalidOrder as exc:
@@ -235,13 +244,18 @@ def _rating_extras(offers: list[_Offer], content: CardContent, decision: Decisio
         offers.append(_Offer(spec, _suggestion_json(spec.label, False, actions.delete_order(draft))))
 
 
+def _stat_label(display: str | None, code: str | None) -> str:
+    """The label of a suggestion that makes the order STAT and changes its study."""
+    return f"Make STAT and change to {display} ({code})"
+
+
 def _stat_and_code(offer: _Offer, decision: Decision, draft: actions.Draft, rule_id: str) -> _Offer | None:
     try:
         action = actions.stat_and_replace_code(draft, offer.code or "", offer.display or "", offer.rating, rule_id)
     except actions.InvalidOrder as exc:
         log.warning("merged suggestion dropped for %s: %s", decision.facts.order.reference, exc)
         return None
-    label = f"Make STAT and change to {offer.display} ({offer.code})"
+    label = _stat_label(offer.display, offer.code)
     spec = Suggestion(key=f"stat-and-{offer.spec.key}", label=label, action="replace-code", recommended=True)
     return _Offer(spec, _suggestion_json(label, True, action), code=offer.code, display=offer.display, stat=True)
 
@@ -299,9 +313,8 @@ def _card(
         card["suggestions"] = suggestions
         card["selectionBehavior"] = "at-most-one"
     if content.override_reasons:
-        reasons = {r.code: r for r in table.override_reasons}
         card["overrideReasons"] = [
-            {"system": reasons[c].system, "code": c, "display": reasons[c].display} for c in content.override_reasons
+            {"system": r.system, "code": r.code, "display": r.display} for r in prepared.override_reasons[content.id]
         ]
     return RenderedCard(card=card, rule_id=content.id, suggestion_uuids=tuple(s["uuid"] for s in suggestions))
 
@@ -451,7 +464,7 @@ def _deciding(decision: Decision, prepared: Prepared) -> set[Finding]:
         return set()
     out: set[Finding] = set()
     for name in prepared.deciding.get(decision.rule.id, ()):
-        if name != "weaker_risk_factor" and PREDICATES[name](decision.facts):
+        if PREDICATES[name](decision.facts):  # prepare() already left out weaker_risk_factor
             out.update(f for f in READS[name] if f in decision.facts.findings)
     return out
 

@@ -27,8 +27,12 @@ class Decision:
     row: RatingRow | None = None      # the rule's row of the rating table (rules 9 and 10 have none)
     acr: str | None = None            # UA | MBA | UNA: the ordered study's rating in that row
     better: StudyColumn | None = None # the study to offer instead: usually appropriate where the ordered one is not
-    rated: bool = True                # False: an order PAMA does not cover (radiography): cards, no rating
     ordered: StudyColumn | None = None  # the ordered study's column of the rating table
+
+    @property
+    def rated(self) -> bool:
+        """False for an order PAMA does not cover (radiography): cards, no rating."""
+        return self.ordered is None or self.ordered.rated
 
     @property
     def rating(self) -> str | None:
@@ -55,7 +59,7 @@ def study_rating(row: RatingRow, study: StudyColumn, facts: Facts) -> str:
     return cell_rating(row.cells.get(study.column), facts)
 
 
-def _better(table: RuleTable, row: RatingRow, facts: Facts, column: str) -> StudyColumn | None:
+def _better(row: RatingRow, facts: Facts, column: str) -> StudyColumn | None:
     """The first usually appropriate study of the row other than the ordered one; in pregnancy, only a
     study marked safe in pregnancy (decision-rules.md `pregnancy-radiation`: MRI without contrast)."""
     if not row.may_be_usual:
@@ -64,7 +68,7 @@ def _better(table: RuleTable, row: RatingRow, facts: Facts, column: str) -> Stud
     for study in row.may_be_usual:
         if study.column == column or (pregnant and not study.pregnancy):
             continue
-        if cell_rating(row.cells.get(study.column), facts) == "UA":
+        if study_rating(row, study, facts) == "UA":
             return study
     return None
 
@@ -97,7 +101,7 @@ def decide(table: RuleTable, facts: Facts) -> Decision:
     ordered = table.studies.get(column)
     row = table.ratings.get(rule_id) if rule_id else None
     acr = cell_rating(row.cells.get(column), facts) if row is not None else None
-    better = _better(table, row, facts, column) if row is not None and acr != "UA" else None
+    better = _better(row, facts, column) if row is not None and acr != "UA" else None
     fired: dict[str, Modifier] = {}
     for modifier in table.modifiers:
         if modifier.id in fired or any(m in fired for m in modifier.unless):
@@ -111,7 +115,7 @@ def decide(table: RuleTable, facts: Facts) -> Decision:
         ):
             fired[modifier.id] = modifier
     return Decision(facts=facts, rule=rule, modifiers=tuple(fired.values()), row=row, acr=acr, better=better,
-                    rated=ordered.rated if ordered is not None else True, ordered=ordered)
+                    ordered=ordered)
 
 
 def _rated_above(table: RuleTable, row: RatingRow | None, facts: Facts, code: str | None, acr: str | None) -> bool:

@@ -19,9 +19,6 @@ from service.facts.model import Modality
 
 Predicate = Callable[[Facts], bool]
 
-# decision-rules.md rules 6-8: six weeks (42 days) separates acute from persistent pain.
-SIX_WEEKS_DAYS = Days.SIX_WEEKS
-
 # v2 rule 7: weaker risk factors that do not change the rating but are shown as found (ACP-2011
 # Table 2 "defer imaging after a trial of therapy"), and every red flag that a rule reads only in
 # combination (fever alone, recent infection without fever, immunosuppression without back pain).
@@ -47,11 +44,11 @@ def _both(a: F, b: F) -> tuple[Predicate, tuple[F, ...]]:
 
 
 def _episode_6_weeks_or_more(facts: Facts) -> bool:
-    return facts.episode_days is not None and facts.episode_days >= SIX_WEEKS_DAYS
+    return facts.episode_days is not None and facts.episode_days >= Days.SIX_WEEKS
 
 
 def _episode_under_6_weeks_or_unknown(facts: Facts) -> bool:
-    return facts.episode_days is None or facts.episode_days < SIX_WEEKS_DAYS
+    return facts.episode_days is None or facts.episode_days < Days.SIX_WEEKS
 
 
 def _persistent_after_care(facts: Facts) -> bool:

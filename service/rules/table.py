@@ -58,6 +58,11 @@ class Cell:
     otherwise: str
     choices: tuple[tuple[str, str], ...] = ()   # (predicate name, rating)
 
+    @property
+    def ratings(self) -> set[str]:
+        """Every rating the cell can give."""
+        return {self.otherwise, *(r for _, r in self.choices)}
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RatingRow:
@@ -243,15 +248,11 @@ def _check_summary_lower(texts: Mapping[str, str], words: Mapping[str, str], stu
                          rows: Mapping[str, RatingRow], problems: _Problems) -> None:
     """The generic summary stays under the limit for every row, lower-rated study and usually appropriate one."""
     template = texts.get("summary_lower", "")
-
-    def ratings(cell: Cell) -> set[str]:
-        return {cell.otherwise, *(r for _, r in cell.choices)}
-
     for row in rows.values():
         for ordered in studies.values():
             for better in studies.values():
-                lower = ratings(row.cells[ordered.column]) - {"UA"}
-                if better is ordered or not lower or "UA" not in ratings(row.cells[better.column]):
+                lower = row.cells[ordered.column].ratings - {"UA"}
+                if better is ordered or not lower or "UA" not in row.cells[better.column].ratings:
                     continue
                 text = template.format(ordered=ordered.short, rated=max((words.get(r, "") for r in lower), key=len),
                                        situation=row.situation, better=better.short, code=better.code)
@@ -293,7 +294,7 @@ def _rating_table(
         extra = set(row) - set(studies) - {"rule", "variant", "situation", "source", "source_detail"}
         if extra:
             problems.add(where, f"unknown columns {sorted(extra)} (not a [study.<column>])")
-        usual = tuple(s for s in studies.values() if "UA" in (cells[s.column].otherwise, *(r for _, r in cells[s.column].choices)))
+        usual = tuple(s for s in studies.values() if "UA" in cells[s.column].ratings)
         rows[str(rule)] = RatingRow(rule=str(rule), variant=str(row.get("variant", "")), situation=str(row.get("situation", "")),
                                     source=str(row.get("source", "")), source_detail=str(row.get("source_detail", "")), cells=cells,
                                     may_be_usual=usual)
