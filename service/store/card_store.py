@@ -39,7 +39,7 @@ from service.store.card_writer import CardWriter
 
 log = logging.getLogger(__name__)
 
-LOCK_ATTEMPTS = 3             # feedback transactions tried when the lock timeout (schema.LOCK_TIMEOUT_MS) passes
+LOCK_ATTEMPTS = 3             # feedback transactions tried when a lock or pool wait (schema) runs out
 LOOKUP_WAIT_SECONDS = 1.0     # how long to wait for a card another worker may just have issued
 
 
@@ -153,10 +153,11 @@ class CardStore:
                         self._check_cards(conn, service_id, items, issuer, tenant)
                         conn.commit()  # end the read transaction; the writes get their own
                         return self._insert(conn, service_id, items)
-                except sa.exc.OperationalError as exc:
-                    # Another writer held the lock past the lock timeout (about a second): try
-                    # again, a bounded number of times (a busy SQLite file, not a broken one).
-                    if attempt == LOCK_ATTEMPTS or not schema.is_lock_timeout(exc):
+                except (sa.exc.OperationalError, sa.exc.TimeoutError) as exc:
+                    # Another writer held the lock past the lock timeout, or every pooled connection
+                    # stayed taken past the pool timeout (about a second each): try again, a bounded
+                    # number of times (a busy database, not a broken one).
+                    if attempt == LOCK_ATTEMPTS or not schema.is_busy(exc):
                         raise
             raise AssertionError("unreachable")
         except sa.exc.SQLAlchemyError as exc:

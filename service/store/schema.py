@@ -86,7 +86,10 @@ feedback = sa.Table(
 LOCK_TIMEOUT_MS = 1000          # SQLite busy timeout; PostgreSQL lock_timeout
 STATEMENT_TIMEOUT_MS = 1000     # PostgreSQL statement_timeout
 CONNECT_TIMEOUT_SECONDS = 2     # PostgreSQL connect_timeout (libpq's minimum is 2 s)
-POOL_TIMEOUT_SECONDS = 1.0      # waiting for a pooled connection (PostgreSQL)
+POOL_TIMEOUT_SECONDS = 1.0      # waiting for a pooled connection
+# Connections per engine: the 16 request threads of a worker (server.DEFAULT_THREADS) and the card
+# writer's own connection fit; a wait past POOL_TIMEOUT_SECONDS is retried like a lock wait (is_busy).
+_POOL = {"pool_size": 4, "max_overflow": 16, "pool_timeout": POOL_TIMEOUT_SECONDS}
 # TCP keepalive, and a bound on unacknowledged data: a database host that vanished from the network
 # is noticed within seconds instead of the kernel's 2 hours (idle) or 15 minutes (in flight).
 _PG_KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
@@ -107,7 +110,11 @@ def create_engine(database_url: str, *, power_safe: bool = True, interactive: bo
         url = "postgresql+psycopg://" + url[len("postgresql://"):]  # psycopg 3, not psycopg2
     try:
         if url.startswith("sqlite"):
-            engine = sa.create_engine(url, connect_args={"timeout": LOCK_TIMEOUT_MS / 1000}, hide_parameters=True)
+            # A file gets the bounded pool PostgreSQL gets (SQLAlchemy's default would wait 30 s for
+            # a connection); an in-memory database keeps its one connection per thread.
+            pool = {} if sa.make_url(url).database in (None, "", ":memory:") else _POOL
+            engine = sa.create_engine(url, connect_args={"timeout": LOCK_TIMEOUT_MS / 1000}, hide_parameters=True,
+                                      **pool)
             sa.event.listen(engine, "connect", _sqlite_pragmas if power_safe else _sqlite_pragmas_fast)
             return engine
         parsed = sa.make_url(url)
@@ -120,8 +127,7 @@ def create_engine(database_url: str, *, power_safe: bool = True, interactive: bo
         if given:
             options += " " + (given if isinstance(given, str) else " ".join(given))
         engine = sa.create_engine(
-            parsed, pool_pre_ping=True, pool_size=4, max_overflow=16, pool_timeout=POOL_TIMEOUT_SECONDS,
-            hide_parameters=True,
+            parsed, pool_pre_ping=True, **_POOL, hide_parameters=True,
             connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS, **_PG_KEEPALIVE, "options": options},
         )
         if not power_safe:
@@ -131,8 +137,13 @@ def create_engine(database_url: str, *, power_safe: bool = True, interactive: bo
         raise ConfigError(f"database_url is not usable: {exc}") from None
 
 
-def is_lock_timeout(exc: sa.exc.DBAPIError) -> bool:
-    """Whether a database error is a lock wait that ran out (SQLite busy, PostgreSQL lock_timeout)."""
+def is_busy(exc: sa.exc.SQLAlchemyError) -> bool:
+    """Whether a database error is a wait that ran out on a busy database: no pooled connection came
+    free within POOL_TIMEOUT_SECONDS, or a lock wait ran out (SQLite busy, PostgreSQL lock_timeout)."""
+    if isinstance(exc, sa.exc.TimeoutError):
+        return True
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
     text = str(exc.orig).lower()
     return "database is locked" in text or "lock timeout" in text or getattr(exc.orig, "sqlstate", None) == "55P03"
 

@@ -420,6 +420,26 @@ def test_feedback_waits_for_another_worker(engine):
         receiving.close()
 
 
+def test_feedback_waits_for_a_pooled_connection(engine, store):
+    # A burst of requests holds every pooled connection for longer than the pool timeout: the
+    # feedback waits for one to come free (about a second more) instead of answering 503.
+    card = issue(store)
+    store.flush()
+    held = []
+    with pytest.raises(sa.exc.TimeoutError):
+        for _ in range(100):  # the pool refuses after its size and overflow
+            held.append(engine.connect())
+    release = threading.Timer(schema.POOL_TIMEOUT_SECONDS * 1.5, lambda: [c.close() for c in held])
+    release.start()
+    try:
+        started = time.perf_counter()
+        assert record_feedback(store, "order-select", {"feedback": [accepted(card)]}) == 1
+        assert time.perf_counter() - started >= schema.POOL_TIMEOUT_SECONDS
+    finally:
+        release.join()
+    assert count(engine, schema.feedback) == 1
+
+
 def test_unknown_card_waits_about_a_second(engine):
     store = card_store.CardStore(engine, salt="s")
     try:
