@@ -30,9 +30,8 @@ import orjson
 
 from service.errors import ExportError
 from service.facts.codes import ValueSets
+from service.facts.extract import ordered_study
 
-# The lumbar imaging orders the audit reviews, by the value-set concept that makes them one.
-MODALITIES: Mapping[str, str] = {"order_mri_lumbar": "MRI", "order_ct_lumbar": "CT", "order_xray_lumbar": "XR"}
 # Resource types that name no patient but tell who ordered and where (requester, organization).
 DIRECTORY_TYPES: frozenset[str] = frozenset({"Practitioner", "PractitionerRole", "Organization"})
 # Read beside the prefetch types: Encounter.serviceProvider is an order's organization.
@@ -309,17 +308,11 @@ def audited_order(resource: Mapping[str, Any], reading: Reading) -> AuditedOrder
     day = _day(authored)
     if day is None or not reading.window.holds(day):
         return None
-    code = resource.get("code")
-    codings = code.get("coding") if isinstance(code, dict) else None
-    for coding in codings if isinstance(codings, list) else ():
-        if not isinstance(coding, dict):
-            continue
-        concepts = reading.value_sets.concepts(coding.get("system"), coding.get("code"))
-        for concept, modality in MODALITIES.items():
-            if concept in concepts:
-                return AuditedOrder(modality=modality, system=coding["system"], code=coding["code"],
-                                    authored=str(authored), day=day)
-    return None
+    study = ordered_study(resource, reading.value_sets)  # the hook's own reading of the order
+    if study is None:
+        return None
+    return AuditedOrder(modality=study.modality.value.upper(), system=study.system, code=study.code,
+                        authored=str(authored), day=day)
 
 
 def _day(value: Any) -> date | None:
