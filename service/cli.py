@@ -222,9 +222,10 @@ def report(config_file: Path | None, as_json: bool, since: Any, until: Any, html
     )
     engine = schema.open_existing(database_url)  # never creates an empty store to report on
     try:
-        result = store_report.build_report(engine, since=since_day, until=until_day, dedup=scope.dedup)
+        found = store_report.decisions(engine, since=since_day, until=until_day, dedup=scope.dedup)
+        result = store_report.summarize(found)
         if html_file is not None:
-            html_file.write_text(store_report.render_html(engine, result, scope), "utf-8")
+            html_file.write_text(store_report.render_html(result, store_report.weeks_of(found), scope), "utf-8")
     except sa.exc.SQLAlchemyError as exc:
         raise schema.unreachable(database_url, exc) from None
     finally:

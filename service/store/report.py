@@ -20,6 +20,7 @@ How outcomes are counted
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
@@ -129,9 +130,14 @@ def build_report(
     """Per rule id, and per modality of the ordered study within it and over all rules: decisions (cards,
     re-fires counted once), accepted, overridden, override reasons, acceptance rate, and the re-fires
     left out."""
+    return summarize(decisions(engine, since=since, until=until, dedup=dedup))
+
+
+def summarize(found: Iterable[Decision]) -> dict[str, Any]:
+    """``build_report``'s counts, from decisions already read (``decisions``)."""
     rules: dict[str, dict[str, Any]] = {}
     totals: dict[str, dict[str, Any]] = {}
-    for decision in decisions(engine, since=since, until=until, dedup=dedup):
+    for decision in found:
         rule = rules.setdefault(decision.rule_id, {**_counts(), "modalities": {}})
         for entry in (rule, rule["modalities"].setdefault(decision.modality, _counts()),
                       totals.setdefault(decision.modality, _counts())):
@@ -187,12 +193,10 @@ class Week:
         return self.accepted + self.overridden + self.no_feedback
 
 
-def weekly_outcomes(
-    engine: sa.Engine, *, since: date | None = None, until: date | None = None, dedup: timedelta = DEDUP_WINDOW
-) -> dict[str, list[Week]]:
+def weeks_of(found: Iterable[Decision]) -> dict[str, list[Week]]:
     """Per rule id, the outcomes of the decisions first issued each week (weeks without any included)."""
     counts: dict[str, dict[date, dict[str, int]]] = {}
-    for decision in decisions(engine, since=since, until=until, dedup=dedup):
+    for decision in found:
         day = decision.first_issued.date()
         bucket = counts.setdefault(decision.rule_id, {}).setdefault(day - timedelta(days=day.weekday()), {})
         outcome = decision.outcome or NO_FEEDBACK
@@ -339,9 +343,9 @@ h2 { font-size: 1.05em; margin: 1.5em 0 .2em; }
 """
 
 
-def render_html(engine: sa.Engine, report: Mapping[str, Any], scope: Scope) -> str:
-    """A self-contained HTML page: what it describes, the table, weekly outcome charts per rule."""
-    weeks = weekly_outcomes(engine, since=scope.since, until=scope.until, dedup=scope.dedup)
+def render_html(report: Mapping[str, Any], weeks: Mapping[str, list[Week]], scope: Scope) -> str:
+    """A self-contained HTML page: what it describes, the table (``summarize``), weekly outcome
+    charts per rule (``weeks_of``), both from the same decisions."""
     legend = "".join(f'<span style="background:{c}"></span>{html.escape(k)}' for k, c in _COLOURS.items())
     charts = "".join(
         f"<h2>{html.escape(rule_id)}</h2>\n{_svg_chart(rule_id, series)}\n" for rule_id, series in weeks.items()

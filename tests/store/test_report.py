@@ -74,7 +74,7 @@ SCOPE = report.Scope(database="sqlite:////srv/cds.db", generated_at=datetime(202
 
 def test_empty_store(engine):
     assert report.build_report(engine) == {"rules": {}, "modalities": {}, "cards_total": 0, "refires_total": 0, "feedback_total": 0}
-    assert "No cards issued" in report.render_html(engine, report.build_report(engine), SCOPE)
+    assert "No cards issued" in report.render_html(report.build_report(engine), report.weeks_of(report.decisions(engine)), SCOPE)
 
 
 def test_shape_and_counts(engine, store):
@@ -114,7 +114,7 @@ def test_shape_and_counts(engine, store):
     text = report.render_text(result, SCOPE)
     assert re.search(r"^    ct\s+1\s+0\s+0\s+1\s+0 % \(0 of 1\)$", text, re.M)
     assert re.search(r"^modality xr\s+1\s+0\s+0\s+1\s+0 % \(0 of 1\)$", text, re.M)
-    assert "<td>modality ct</td><td>1</td><td>0</td>" in report.render_html(engine, result, SCOPE)
+    assert "<td>modality ct</td><td>1</td><td>0</td>" in report.render_html(result, report.weeks_of(report.decisions(engine)), SCOPE)
 
 
 def test_latest_feedback_on_a_card_wins(engine, store):
@@ -147,7 +147,7 @@ def test_window_is_by_issue_date_inclusive(engine, store, clock):
     assert report.build_report(engine, since=date(2025, 3, 3), until=date(2025, 3, 5))["feedback_total"] == 2
 
 
-def test_weekly_outcomes(engine, store, clock):
+def test_weeks_of(engine, store, clock):
     monday = datetime(2025, 3, 3, 8, 0, tzinfo=timezone.utc)
     a = issue(store, on=monday, clock=clock)
     issue(store, on=monday + timedelta(days=6, hours=15), clock=clock)       # Sunday, same week
@@ -155,7 +155,7 @@ def test_weekly_outcomes(engine, store, clock):
     issue(store, "no-indication", on=monday + timedelta(weeks=1), clock=clock)
     give(store, a, "accepted")
     give(store, b, "overridden", code="x")
-    weeks = report.weekly_outcomes(engine)
+    weeks = report.weeks_of(report.decisions(engine))
     assert [w.start for w in weeks["acute-uncomplicated"]] == [date(2025, 3, 3), date(2025, 3, 10), date(2025, 3, 17)]
     assert [(w.accepted, w.overridden, w.no_feedback) for w in weeks["acute-uncomplicated"]] == [
         (1, 0, 1), (0, 0, 0), (0, 1, 0)]
@@ -182,7 +182,7 @@ def test_render_html_is_self_contained_and_escaped(engine, store, clock):
     for week in range(3):
         card = issue(store, on=datetime(2025, 3, 3, tzinfo=timezone.utc) + timedelta(weeks=week), clock=clock)
         give(store, card, "overridden", code="<script>alert(1)</script>")
-    page = report.render_html(engine, report.build_report(engine), SCOPE)
+    page = report.render_html(report.build_report(engine), report.weeks_of(report.decisions(engine)), SCOPE)
     assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 1
     assert "<script" not in page and "&lt;script&gt;" in page
     external = re.findall(r"(?:src|href)\s*=|url\(|@import|https?://(?!www\.w3\.org/2000/svg)", page)
@@ -202,7 +202,7 @@ def test_render_html_labels_counts_and_y_axis(engine, store, clock):
         elif n < 5:
             give(store, card, "overridden", code="patient-specific")
     store.flush()
-    page = report.render_html(engine, report.build_report(engine), SCOPE)
+    page = report.render_html(report.build_report(engine), report.weeks_of(report.decisions(engine)), SCOPE)
     assert "Patient-specific reason (see comment) (patient-specific): 2" in page
     assert "60 % (3 of 5)" in page
     assert re.findall(r'<text class="tick"[^>]*>(\d+)</text>', page) == ["0", "2", "4", "6", "8"]
