@@ -45,6 +45,7 @@ from service import errors
 from service.config import ReplaySettings
 from service.config import ReplayWhenDown
 from service.store import schema
+from service.store.bounded import BoundedCalls
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ PRUNE_EVERY = 1000  # calls between deletions of expired rows (per worker)
 PROBE_SECONDS = 2.0  # after the store failed, calls skip it this long (and say Retry-After this long)
 MEMORY_MAX_IDS = 100_000  # per worker, while the store is down (when_down = "memory")
 REDIS_TIMEOUT_SECONDS = 1.0  # connect and each command
+# A database check that has not answered by then is given up (store/bounded.py): a backend that hangs
+# on a live connection trips no timeout of the driver. Above the store's 1 s lock, statement and pool
+# waits, below the call's deadline.
+CHECK_WAIT_SECONDS = 2.0
+CHECK_THREADS = 32  # per worker: more than its request threads, so a few hung checks leave room
 REDIS_PREFIX = "lumbar-mri-cds:jti:"
 
 seen_tokens = sa.Table(
@@ -76,6 +82,8 @@ def replay_database_url(store: sa.URL) -> sa.URL:
 
 class ReplayStore(Protocol):
     """Where seen token ids are kept."""
+
+    may_hang: bool  # whether a check can wait without end (a database); GuardedReplay bounds those
 
     def check_and_remember(self, iss: str, jti: str, expires_at: int) -> bool:
         """True when this (iss, jti) is new (and now remembered), False when it was seen before;
@@ -108,6 +116,7 @@ class ReplayCache:
         self._driver_error = dbapi.Error
         self._clock = clock
         self._calls = itertools.count(1)
+        self.may_hang = schema.may_hang(url)  # GuardedReplay bounds the wait
 
     def check_and_remember(self, iss: str, jti: str, expires_at: int) -> bool:
         """True when this (iss, jti) is new (and now remembered), False when it was seen before."""
@@ -191,6 +200,8 @@ def _digest(value: str) -> str:
 class RedisReplayCache:
     """Remembers (iss, jti) pairs in Redis: ``SET NX`` with the token's expiry (``EXAT``)."""
 
+    may_hang = False  # every command has a socket timeout (REDIS_TIMEOUT_SECONDS)
+
     def __init__(self, url: str) -> None:
         import redis  # only where configured
 
@@ -224,6 +235,9 @@ class GuardedReplay:
         self._down_until = 0.0
         self._memory: dict[tuple[str, str], int] = {}  # (iss, jti digest) -> expires_at, while down
         self._lock = threading.Lock()
+        # Redis has socket timeouts of its own; a database is waited for at most CHECK_WAIT_SECONDS.
+        may_hang = getattr(store, "may_hang", False)  # a test's store may not say
+        self._bounded = BoundedCalls("replay-check", CHECK_WAIT_SECONDS, threads=CHECK_THREADS) if may_hang else None
 
     def check_and_remember(self, iss: str, jti: str, expires_at: int) -> bool:
         """As ``ReplayStore``; while the store is down, refuse (503) or use this worker's memory."""
@@ -232,7 +246,9 @@ class GuardedReplay:
             return False  # accepted while the store was down: a replay, even now it is back
         if self._clock() >= self._down_until:
             try:
-                return self.store.check_and_remember(iss, jti, expires_at)
+                if self._bounded is None:
+                    return self.store.check_and_remember(iss, jti, expires_at)
+                return self._bounded.run(self.store.check_and_remember, iss, jti, expires_at)
             except errors.StoreUnavailable as exc:
                 self._down_until = self._clock() + PROBE_SECONDS
                 log.warning("replay store unavailable (%s); for %.0f s: %s", exc.message, PROBE_SECONDS,

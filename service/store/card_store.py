@@ -35,12 +35,18 @@ from service.intake.feedback_items import FeedbackItem
 from service.intake.feedback_items import raise_if
 from service.security.pseudonyms import patient_hash
 from service.store import schema
+from service.store.bounded import BoundedCalls
 from service.store.card_writer import CardWriter
 
 log = logging.getLogger(__name__)
 
 LOCK_ATTEMPTS = 3             # feedback transactions tried when a lock or pool wait (schema) runs out
 LOOKUP_WAIT_SECONDS = 1.0     # how long to wait for a card another worker may just have issued
+# A feedback call that has not ended by then answers 503 (store/bounded.py: a database hung on a live
+# connection would hold the request thread without end). Above its longest busy case: the lookup
+# wait and LOCK_ATTEMPTS lock or pool waits of about a second each.
+FEEDBACK_WAIT_SECONDS = 10.0
+FEEDBACK_THREADS = 32         # per worker: more than its request threads
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,6 +101,7 @@ class CardStore:
         salt: str,
         clock: Callable[[], datetime] = utcnow,
         lookup_wait: float = LOOKUP_WAIT_SECONDS,
+        feedback_wait: float = FEEDBACK_WAIT_SECONDS,
         outbox_dir: Path | None = None,
     ) -> None:
         self._engine = engine
@@ -102,6 +109,8 @@ class CardStore:
         self._clock = clock            # tests pass a fixed clock; times are stored in UTC
         self._lookup_wait = lookup_wait
         self._writer = CardWriter(engine, outbox_dir)
+        may_hang = schema.may_hang(engine.url)
+        self._bounded = BoundedCalls("feedback", feedback_wait, threads=FEEDBACK_THREADS) if may_hang else None
         if outbox_dir is not None:
             self._writer.start()  # at once: it recovers what a worker that died left in the outbox
 
@@ -144,8 +153,16 @@ class CardStore:
 
         ``issuer`` / ``tenant`` (the caller's token claims), when given, restrict the cards one may
         give feedback on to those issued to that issuer and tenant. Raises InvalidRequest (nothing
-        stored) for an unknown card or suggestion, StoreUnavailable when the database fails.
+        stored) for an unknown card or suggestion, StoreUnavailable when the database fails or has
+        not answered within ``feedback_wait`` (if it commits later, a resend is stored once).
         """
+        if self._bounded is None:
+            return self._record_feedback(service_id, items, issuer, tenant)
+        return self._bounded.run(self._record_feedback, service_id, items, issuer, tenant)
+
+    def _record_feedback(
+        self, service_id: str, items: Sequence[FeedbackItem], issuer: str | None, tenant: str | None
+    ) -> int:
         try:
             for attempt in range(1, LOCK_ATTEMPTS + 1):
                 try:

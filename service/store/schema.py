@@ -137,6 +137,14 @@ def create_engine(database_url: str, *, power_safe: bool = True, interactive: bo
         raise ConfigError(f"database_url is not usable: {exc}") from None
 
 
+def may_hang(url: sa.URL) -> bool:
+    """Whether a call to this database can wait without end, so its callers bound the wait
+    (store/bounded.py): a server can, on a connection it keeps open and never answers. SQLite's
+    waits are its lock waits, which the busy timeout bounds; its calls stay on the caller's thread
+    (a hand-over costs about 0.1 ms of CPU, and in-memory SQLite is one database per thread)."""
+    return url.get_backend_name() != "sqlite"
+
+
 def is_busy(exc: sa.exc.SQLAlchemyError) -> bool:
     """Whether a database error is a wait that ran out on a busy database: no pooled connection came
     free within POOL_TIMEOUT_SECONDS, or a lock wait ran out (SQLite busy, PostgreSQL lock_timeout)."""

@@ -64,7 +64,18 @@ class Forwarder:
         self.port = self._listener.getsockname()[1]
         self._sockets: list[Any] = []
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def stall(self) -> None:
+        """Keep every connection open but pass nothing on, the way a server whose process stopped
+        (or whose disk stalled) does: the kernel still takes the bytes, no answer comes back."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Pass on what was held, and everything after it."""
+        self._flowing.set()
 
     def refuse(self) -> None:
         """Close the port and every forwarded connection: new connects are refused."""
@@ -78,6 +89,7 @@ class Forwarder:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
+        self._flowing.set()  # a pump held by stall() ends with its closed sockets
 
     def _accept(self) -> None:
         import socket
@@ -93,13 +105,13 @@ class Forwarder:
             with self._lock:
                 self._sockets += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
-
-def _pump(source: Any, sink: Any) -> None:
-    with contextlib.suppress(OSError):
-        while data := source.recv(65536):
-            sink.sendall(data)
+    def _pump(self, source: Any, sink: Any) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                self._flowing.wait()
+                sink.sendall(data)
 
 
 @contextlib.contextmanager

@@ -440,6 +440,31 @@ def test_feedback_waits_for_a_pooled_connection(engine, store):
     assert count(engine, schema.feedback) == 1
 
 
+def test_feedback_on_a_database_that_stops_answering_is_store_unavailable_within_the_bound():
+    # PostgreSQL keeps the connection open and answers nothing (no driver timeout fires): the
+    # feedback call gives up after its bound instead of holding a request thread until it answers.
+    with databases.postgres_schema() as url, databases.forwarded(url) as (via, forwarder):
+        engine = schema.create_engine(via)
+        schema.create_schema(engine)
+        store = card_store.CardStore(engine, salt="s", feedback_wait=1.0)
+        try:
+            card = issue(store)
+            store.flush()
+            forwarder.stall()
+            started = time.perf_counter()
+            with pytest.raises(errors.StoreUnavailable, match="did not answer within 1 s"):
+                record_feedback(store, "order-select", {"feedback": [accepted(card)]})
+            assert 1.0 <= time.perf_counter() - started < 2.0
+            forwarder.resume()
+            # The EHR sends it again: stored once, whether or not the first attempt got through.
+            record_feedback(store, "order-select", {"feedback": [accepted(card)]})
+            assert count(engine, schema.feedback) == 1
+        finally:
+            forwarder.resume()
+            store.close()
+            engine.dispose()
+
+
 def test_unknown_card_waits_about_a_second(engine):
     store = card_store.CardStore(engine, salt="s")
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from datetime import date
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from service import config
 from service.app import create_app
 from service.app import services_of
+from service.security import replay
 from service.security.replay import replay_database_url
 from tests import fhir
 from tests.conftest import with_settings
@@ -85,3 +87,37 @@ def test_postgresql_refusing_connections_is_a_503_not_a_500(signer, settings):
             assert response.get_json()["resourceType"] == "OperationOutcome"
         finally:
             services_of(app).close()
+
+
+def test_a_postgresql_that_stops_answering_is_a_503_within_the_bound(signer, settings):
+    """PostgreSQL keeps its connections open but answers nothing (a stopped process, a stalled disk:
+    no driver timeout fires): the token check gives up after replay.CHECK_WAIT_SECONDS, and the
+    calls after it are refused at once; once it answers again, so does the service."""
+    with databases.postgres_schema() as url, databases.forwarded(url) as (via, forwarder):
+        app = create_app(with_settings(settings, database_url=via))
+        client = app.test_client()
+        try:
+            assert call(client, signer)[0].status_code == 200
+            forwarder.stall()
+            first, first_took = within(15, call, client, signer)
+            second, second_took = within(15, call, client, signer)
+            assert first.status_code == second.status_code == 503
+            assert first.headers["Retry-After"] == "2"
+            assert replay.CHECK_WAIT_SECONDS <= first_took < replay.CHECK_WAIT_SECONDS + 1.5
+            assert second_took < 0.5
+            forwarder.resume()
+            time.sleep(replay.PROBE_SECONDS)
+            assert call(client, signer)[0].status_code == 200
+        finally:
+            forwarder.resume()
+            services_of(app).close()
+
+
+def within(seconds, function, *args):
+    """function(*args), failing the test (instead of hanging it) when it has not returned in time."""
+    result = []
+    worker = threading.Thread(target=lambda: result.append(function(*args)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert result, f"no answer within {seconds} s"
+    return result[0]
