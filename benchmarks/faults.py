@@ -1,6 +1,6 @@
 """Faults: slow clients, a slow FHIR server, a hanging store and killed workers, against `serve`.
 
-    python benchmarks/faults.py [--proxy] [--phases slow-clients,slow-fhir,store-hang,kill]
+    python benchmarks/faults.py [--proxy] [--phases slow-clients,slow-fhir,store-hang,store-stall,kill]
                                 [--database URL] [--worker-class buffered|sync|gthread|gevent]
                                 [--duration S] [--json FILE]
 
@@ -14,6 +14,9 @@ Everything runs on this machine, on loopback, bounded in count and time:
 - ``store-hang``: another process holds the store's write lock for 10 s (SQLite: ``BEGIN EXCLUSIVE``
   on the database files; PostgreSQL: ``LOCK TABLE ... ACCESS EXCLUSIVE`` on every table) while 5
   calls a second arrive. Target: no answer later than the deadline, no 500.
+- ``store-stall`` (PostgreSQL only): the service reaches the database through a TCP forwarder that,
+  for 10 s, keeps every connection open and passes nothing on (a database process stopped or a disk
+  stalled: no driver or server timeout fires) while 5 calls a second arrive. Target: as store-hang.
 - ``kill``: 4 callers for the run while a worker is killed with SIGKILL every 2 s; afterwards every
   card uuid answered with a 200 is looked up in the store. Target: 0 cards lost.
 
@@ -58,10 +61,11 @@ import load  # noqa: E402  (benchmarks/load.py: tokens, servers, the realistic r
 
 from service.config import LimitsSettings  # noqa: E402
 from tests import serving  # noqa: E402
+from tests.store import databases  # noqa: E402  (the stallable forwarder)
 
 DEADLINE_SECONDS = LimitsSettings().deadline_seconds  # the configuration written here keeps the default
 FAST_503_SECONDS = 1.0        # a 503 slower than this is not "fast"
-PHASES = ("slow-clients", "slow-fhir", "store-hang", "kill")
+PHASES = ("slow-clients", "slow-fhir", "store-hang", "store-stall", "kill")
 
 
 # --- calls --------------------------------------------------------------------------------------
@@ -363,6 +367,7 @@ class Run:
     body: dict[str, Any]
     database_url: str
     args: argparse.Namespace
+    forwarder: databases.Forwarder | None  # between the service and PostgreSQL, for store-stall
 
     def caller(self, count: int, body: dict[str, Any] | None = None) -> Caller:
         tokens = self.tokens.file(count).read_text().split()
@@ -397,6 +402,22 @@ def store_hang_phase(run: Run) -> dict[str, Any]:
     started = time.monotonic()
     with store_locked(run.database_url, 10.0):
         paced(caller, 5.0, 10.0, outcomes)
+    time.sleep(2)
+    paced(caller, 5.0, 3.0, outcomes)  # and after: answering again
+    return outcomes.summary(time.monotonic() - started)
+
+
+def store_stall_phase(run: Run) -> dict[str, Any]:
+    if run.forwarder is None:
+        return {"skipped": "PostgreSQL only (--database postgresql://...)"}
+    caller = run.caller(200)
+    outcomes = Outcomes()
+    started = time.monotonic()
+    run.forwarder.stall()
+    try:
+        paced(caller, 5.0, 10.0, outcomes)
+    finally:
+        run.forwarder.resume()
     time.sleep(2)
     paced(caller, 5.0, 3.0, outcomes)  # and after: answering again
     return outcomes.summary(time.monotonic() - started)
@@ -445,6 +466,24 @@ def show(name: str, summary: dict[str, Any]) -> None:
     print(f"{name}: {json.dumps(shown)}", flush=True)
 
 
+def run_phases(run: Run, phases: list[str], fhir_base: str, results: dict[str, Any]) -> None:
+    for phase in phases:
+        if phase == "slow-clients":
+            results[phase] = slow_clients_phase(run)
+        elif phase == "slow-fhir":
+            results[phase] = slow_fhir_phase(run, fhir_base)
+        elif phase == "store-hang":
+            results[phase] = store_hang_phase(run)
+        elif phase == "store-stall":
+            results[phase] = store_stall_phase(run)
+        elif phase == "kill":
+            results[phase] = kill_phase(run)
+        else:
+            raise SystemExit(f"unknown phase {phase!r}")
+        if phase != "kill":
+            show(phase, results[phase])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated, of: " + ", ".join(PHASES))
@@ -472,25 +511,16 @@ def main() -> None:
         front_port = serving.free_port() if args.proxy else service_port
         tokens = load.Tokens(workdir, f"http://127.0.0.1:{front_port}{load.PATH}")
         database_url = args.database or f"sqlite:///{workdir / 'faults.db'}"
-        config_file = serving.write_config(workdir, port=front_port, jwks_file=tokens.jwks_file, issuer=load.ISSUER,
-                                           database_url=database_url, fhir_servers=(fhir_base,))
-        command = serve_command(config_file, service_port, args.worker_class)
-        with load.running(command, service_port, workdir / "service.log") as service, \
-                nginx(service_port, front_port, workdir / "nginx") if args.proxy else contextlib.nullcontext():
-            run = Run(front_port, service.pid, tokens, body, database_url, args)
-            for phase in phases:
-                if phase == "slow-clients":
-                    results[phase] = slow_clients_phase(run)
-                elif phase == "slow-fhir":
-                    results[phase] = slow_fhir_phase(run, fhir_base)
-                elif phase == "store-hang":
-                    results[phase] = store_hang_phase(run)
-                elif phase == "kill":
-                    results[phase] = kill_phase(run)
-                else:
-                    raise SystemExit(f"unknown phase {phase!r}")
-                if phase != "kill":
-                    show(phase, results[phase])
+        stall = "store-stall" in phases and not database_url.startswith("sqlite")
+        forwarding = databases.forwarded(database_url) if stall else contextlib.nullcontext((database_url, None))
+        with forwarding as (service_database, forwarder):
+            config_file = serving.write_config(workdir, port=front_port, jwks_file=tokens.jwks_file, issuer=load.ISSUER,
+                                               database_url=service_database, fhir_servers=(fhir_base,))
+            command = serve_command(config_file, service_port, args.worker_class)
+            with load.running(command, service_port, workdir / "service.log") as service, \
+                    nginx(service_port, front_port, workdir / "nginx") if args.proxy else contextlib.nullcontext():
+                run = Run(front_port, service.pid, tokens, body, database_url, args, forwarder)
+                run_phases(run, phases, fhir_base, results)
         if "kill" in results:  # the service has stopped (SIGTERM: queued cards written); count what is stored
             cards = results["kill"].pop("_cards")
             results["kill"]["cards_lost"] = count_missing(database_url, cards)
