@@ -14,6 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.errors import StoreUnavailable
 from service.services import services_of
+from service.store import schema
+from service.store.bounded import BoundedCalls
 from service.web import metrics
 from service.web import openapi
 from service.web.errors import json_response
@@ -21,12 +23,16 @@ from service.web.errors import json_response
 blueprint = Blueprint("operations", __name__)
 
 _OPENAPI_KEY = "lumbar_mri_cds.openapi"
+_READINESS_KEY = "lumbar_mri_cds.readiness"
+READY_WAIT_SECONDS = 2.0  # a database server that has not answered by then is not ready (store/bounded.py)
 
 
 @blueprint.record
 def _prepare(state: BlueprintSetupState) -> None:
     """Render the OpenAPI document once per app, for this deployment's public base URL."""
     state.app.extensions[_OPENAPI_KEY] = openapi.document_body(services_of(state.app).settings.public_base_url)
+    # Load balancers keep asking while the database is sick: a probe must not hold a request thread.
+    state.app.extensions[_READINESS_KEY] = BoundedCalls("readiness", READY_WAIT_SECONDS, threads=4)
 
 
 @blueprint.get("/healthz", endpoint="healthz")
@@ -37,13 +43,21 @@ def healthz() -> Response:
 
 @blueprint.get("/readyz", endpoint="readyz")
 def readyz() -> Response:
-    """Readiness: the store answers a query."""
+    """Readiness: the store answers a query (a database server within READY_WAIT_SECONDS)."""
+    engine = services_of(current_app).engine
     try:
-        with services_of(current_app).engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+        if schema.may_hang(engine.url):
+            current_app.extensions[_READINESS_KEY].run(_ping, engine)
+        else:
+            _ping(engine)
     except sa.exc.SQLAlchemyError as exc:
         raise StoreUnavailable(f"the store is not reachable ({type(exc).__name__})") from None
     return json_response({"status": "ready"})
+
+
+def _ping(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
 
 
 @blueprint.get("/metrics", endpoint="metrics")

@@ -127,6 +127,19 @@ def forwarded(url: str) -> Iterator[tuple[str, Forwarder]]:
         forwarder.refuse()
 
 
+def within(seconds: float, function: Any, *args: Any) -> Any:
+    """function(*args), failing the test (instead of hanging it) when it has not returned in time:
+    for calls made while a ``Forwarder`` stalls, which code without a bound would wait on for good."""
+    import threading
+
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(function(*args)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert result, f"no answer within {seconds} s"
+    return result[0]
+
+
 @contextlib.contextmanager
 def sqlite_write_locked(path: str | Path) -> Iterator[None]:
     """Another connection's transaction holding a SQLite file's write lock (a stuck writer)."""

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import re
+import time
 import uuid
 from datetime import date
 
@@ -17,14 +18,17 @@ import requests
 import sqlalchemy as sa
 
 from service.app import services_of
+from service.store import schema
 from service.web import metrics
 from service.web import observability
+from service.web import operations
 from tests import fhir
 from tests.conftest import ISSUER
 from tests.conftest import trusting_fhir_server
 from tests.serving import free_port
 from tests.serving import serving
 from tests.serving import write_config
+from tests.store import databases
 
 SELECT = "/cds-services/order-select"
 SIGN = "/cds-services/order-sign"
@@ -229,6 +233,26 @@ def test_readyz_is_503_when_the_store_is_unreachable(client, app, url):
     assert issue["code"] == "transient" and "not reachable" in issue["diagnostics"]
     assert client.get("/healthz").status_code == 200  # alive, just not ready
     assert client.get("/readyz").status_code == 200
+
+
+def test_readyz_is_a_503_within_its_bound_when_postgresql_stops_answering(client, app):
+    with databases.postgres_schema() as url, databases.forwarded(url) as (via, forwarder):
+        services = services_of(app)
+        working = services.engine
+        services.engine = schema.create_engine(via)
+        try:
+            assert client.get("/readyz").status_code == 200
+            forwarder.stall()
+            started = time.monotonic()
+            response = databases.within(15, client.get, "/readyz")
+            took = time.monotonic() - started
+        finally:
+            forwarder.resume()
+            services.engine.dispose()
+            services.engine = working
+    assert response.status_code == 503
+    assert "did not answer within 2 s" in response.get_json()["issue"][0]["diagnostics"]
+    assert operations.READY_WAIT_SECONDS <= took < operations.READY_WAIT_SECONDS + 1.5
 
 
 # --- a scan of all log output for patient data and tokens ------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 from collections.abc import Iterator
 from datetime import date
@@ -99,8 +98,8 @@ def test_a_postgresql_that_stops_answering_is_a_503_within_the_bound(signer, set
         try:
             assert call(client, signer)[0].status_code == 200
             forwarder.stall()
-            first, first_took = within(15, call, client, signer)
-            second, second_took = within(15, call, client, signer)
+            first, first_took = databases.within(15, call, client, signer)
+            second, second_took = databases.within(15, call, client, signer)
             assert first.status_code == second.status_code == 503
             assert first.headers["Retry-After"] == "2"
             assert replay.CHECK_WAIT_SECONDS <= first_took < replay.CHECK_WAIT_SECONDS + 1.5
@@ -111,13 +110,3 @@ def test_a_postgresql_that_stops_answering_is_a_503_within_the_bound(signer, set
         finally:
             forwarder.resume()
             services_of(app).close()
-
-
-def within(seconds, function, *args):
-    """function(*args), failing the test (instead of hanging it) when it has not returned in time."""
-    result = []
-    worker = threading.Thread(target=lambda: result.append(function(*args)), daemon=True)
-    worker.start()
-    worker.join(seconds)
-    assert result, f"no answer within {seconds} s"
-    return result[0]
