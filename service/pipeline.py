@@ -36,7 +36,8 @@ class Evaluation:
 
     response: dict[str, Any]
     cards: list[render.RenderedCard] = field(default_factory=list)
-    ratings: dict[str, str] = field(default_factory=dict)    # rule id -> rating, for logs and metrics
+    ratings: dict[str, str] = field(default_factory=dict)    # rule id -> rating, for logs
+    order_ratings: list[tuple[str, str]] = field(default_factory=list)  # (rule id, rating) per order rated: metrics
     modalities: dict[str, str] = field(default_factory=dict) # card uuid -> modality of its order (store, report)
     card_ratings: dict[str, str] = field(default_factory=dict)  # card uuid -> the rating it carries (rating cards)
     orders_reviewed: int = 0
@@ -108,6 +109,7 @@ class Evaluator:
                 evaluation.modalities[card.card["uuid"]] = study.modality.value
             if decision.rule is not None:
                 evaluation.ratings[decision.rule.id] = decision.rating or "none"
+                evaluation.order_ratings.append((decision.rule.id, decision.rating or "none"))
                 for card in rendered:
                     if card.rule_id == decision.rule.id:
                         evaluation.card_ratings[card.card["uuid"]] = decision.rating or "none"

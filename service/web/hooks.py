@@ -128,6 +128,7 @@ def _note_evaluation(call: CallRecord, evaluation: Evaluation, templates: dict[s
     """Copy into the call record what the evaluation decided: ratings, cards, where the data came from."""
     call.orders_reviewed = evaluation.orders_reviewed
     call.ratings = dict(evaluation.ratings)
+    call.order_ratings = list(evaluation.order_ratings)
     call.cards = [
         CallCard(
             card_uuid=c.card["uuid"],

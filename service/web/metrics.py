@@ -82,7 +82,7 @@ class Metrics:
                 self._child(self.fhir_fetches, (key, "failed" if key in fetch.failed else "ok")).inc()
         for card in call.cards:
             self._child(self.cards, (service, card.rule_id, card.indicator, card.modality or "-")).inc()
-        for rule, rating in call.ratings.items():
+        for rule, rating in call.order_ratings:
             self._child(self.ratings, (service, rule, rating)).inc()
         for key, source in (call.prefetch or {}).items():
             self._child(self.prefetch, (key, source)).inc()

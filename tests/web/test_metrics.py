@@ -75,6 +75,8 @@ def test_cards_ratings_and_prefetch_use(client, signer):
     assert value(found, "lumbar_mri_cds_cards_total", service="order-select", rule="acute-uncomplicated", indicator="warning",
                  modality="mri") == 2
     assert value(found, "lumbar_mri_cds_ratings_total", service="order-select", rule="acute-uncomplicated", rating="not-appropriate") == 2
+    # Two orders rated in one call are two orders rated (the metric counts orders, not calls).
+    assert value(found, "lumbar_mri_cds_ratings_total", service="order-sign", rule="acute-uncomplicated", rating="not-appropriate") == 2
     assert sum(v for (name, labels), v in found.items()
                if name == "lumbar_mri_cds_cards_total" and ("service", "order-sign") in labels) >= 2
     assert value(found, "lumbar_mri_cds_prefetch_keys_total", key="conditions", source="prefetch") == 3
