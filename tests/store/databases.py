@@ -108,10 +108,16 @@ class Forwarder:
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
     def _pump(self, source: Any, sink: Any) -> None:
+        import socket
+
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
                 self._flowing.wait()
                 sink.sendall(data)
+        # One side closed (a client process killed, say): close the other, as the network would,
+        # so the server ends that session and rolls back what it left open.
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_RDWR)
 
 
 @contextlib.contextmanager
