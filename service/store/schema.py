@@ -87,6 +87,10 @@ LOCK_TIMEOUT_MS = 1000          # SQLite busy timeout; PostgreSQL lock_timeout
 STATEMENT_TIMEOUT_MS = 1000     # PostgreSQL statement_timeout
 CONNECT_TIMEOUT_SECONDS = 2     # PostgreSQL connect_timeout (libpq's minimum is 2 s)
 POOL_TIMEOUT_SECONDS = 1.0      # waiting for a pooled connection
+# PostgreSQL ends a session left idle inside a transaction this long: a worker killed, or its host
+# gone, mid-write leaves no open transaction holding row locks that the outbox's retries (another
+# worker writing the same cards) would wait on. Our transactions never pause for a second.
+IDLE_IN_TRANSACTION_MS = 5000
 # Connections per engine: the 16 request threads of a worker (server.DEFAULT_THREADS) and the card
 # writer's own connection fit; a wait past POOL_TIMEOUT_SECONDS is retried like a lock wait (is_busy).
 _POOL = {"pool_size": 4, "max_overflow": 16, "pool_timeout": POOL_TIMEOUT_SECONDS}
@@ -118,7 +122,7 @@ def create_engine(database_url: str, *, power_safe: bool = True, interactive: bo
             sa.event.listen(engine, "connect", _sqlite_pragmas if power_safe else _sqlite_pragmas_fast)
             return engine
         parsed = sa.make_url(url)
-        options = f"-c lock_timeout={LOCK_TIMEOUT_MS}"
+        options = f"-c lock_timeout={LOCK_TIMEOUT_MS} -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
         if interactive:
             options += f" -c statement_timeout={STATEMENT_TIMEOUT_MS}"
         # connect_args replace the URL's own `options` (e.g. a search_path): merged, theirs last. The

@@ -465,6 +465,40 @@ def test_feedback_on_a_database_that_stops_answering_is_store_unavailable_within
             engine.dispose()
 
 
+def test_a_writer_gone_mid_transaction_holds_its_locks_for_seconds_only():
+    # A worker's host vanishes while its card writer has a transaction open (nothing reaches the
+    # server again: no FIN, no RST). The server ends that session after IDLE_IN_TRANSACTION_MS, so
+    # another worker writing the same card (the outbox's retry) gets through in seconds, not hours.
+    with databases.postgres_schema() as url, databases.forwarded(url) as (via, forwarder):
+        gone = schema.create_engine(via)
+        schema.create_schema(gone)
+        other = schema.create_engine(url)
+        store = card_store.CardStore(other, salt="s")
+        card = card_store.IssuedCard(
+            card_uuid=str(uuid.uuid4()), suggestion_uuids=(), service_id="order-select", rule_id="acute-uncomplicated",
+            indicator="warning", rating="not-appropriate", hook_instance="h", issuer="https://ehr.example.org",
+            tenant=None, patient_id=None)
+        conn = gone.connect()
+        try:
+            conn.execute(sa.insert(schema.cards), [{
+                "card_uuid": card.card_uuid, "service_id": card.service_id, "rule_id": card.rule_id,
+                "indicator": card.indicator, "rating": card.rating, "hook_instance": "h", "issuer": card.issuer,
+                "issued_at": datetime.now(timezone.utc)}])  # not committed: the row stays locked
+            forwarder.stall()
+            started = time.perf_counter()
+            store.record_cards([card])
+            while count(other, schema.cards) == 0 and time.perf_counter() - started < 15:
+                time.sleep(0.2)
+            assert count(other, schema.cards) == 1
+            assert time.perf_counter() - started < schema.IDLE_IN_TRANSACTION_MS / 1000 + 4
+        finally:
+            forwarder.resume()
+            store.close()
+            conn.invalidate()
+            gone.dispose()
+            other.dispose()
+
+
 def test_unknown_card_waits_about_a_second(engine):
     store = card_store.CardStore(engine, salt="s")
     try:
