@@ -47,6 +47,27 @@ def store(engine):
     store.close()
 
 
+def at_once(target, calls):
+    """Run target(*args) for each args of ``calls``, each on a thread of its own, all released
+    together; the exceptions they raised (repr), in no particular order."""
+    start = threading.Barrier(len(calls))
+    failures = []
+
+    def run(*args):
+        start.wait()
+        try:
+            target(*args)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller
+            failures.append(repr(exc))
+
+    workers = [threading.Thread(target=run, args=args) for args in calls]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return failures
+
+
 def issue(store, *, rule_id="acute-uncomplicated", service_id="order-select", suggestions=1, **extra):
     card = card_store.IssuedCard(
         card_uuid=str(uuid.uuid4()),
@@ -269,24 +290,13 @@ def test_concurrent_feedback_is_all_counted(engine, store):
     threads, posts = 20, 25
     cards = [[issue(store, rule_id=f"rule-{t % 4}") for _ in range(posts)] for t in range(threads)]
     store.flush()  # this test is about counting; test_feedback_waits_for_another_worker about waiting
-    failures = []
-    start = threading.Barrier(threads)
 
     def post(mine):
-        start.wait()
         for n, card in enumerate(mine):
             item = accepted(card) if n % 2 == 0 else overridden(card, code=f"code-{n % 3}")
-            try:
-                assert record_feedback(store, "order-select", {"feedback": [item]}) == 1
-            except Exception as exc:  # noqa: BLE001 - reported below
-                failures.append(repr(exc))
+            assert record_feedback(store, "order-select", {"feedback": [item]}) == 1
 
-    workers = [threading.Thread(target=post, args=(mine,)) for mine in cards]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    assert failures == []
+    assert at_once(post, [(mine,) for mine in cards]) == []
     assert count(engine, schema.feedback) == threads * posts
     result = report.build_report(engine, dedup=NO_DEDUP)
     assert result["cards_total"] == result["feedback_total"] == threads * posts
@@ -541,21 +551,7 @@ def test_logs_hold_no_comment_or_patient_id(engine, store, caplog):
 def test_workers_starting_at_once_create_the_schema_once(database_url):
     n = 8
     engines = [schema.create_engine(database_url) for _ in range(n)]
-    start = threading.Barrier(n)
-    failures = []
-
-    def boot(engine):
-        start.wait()
-        try:
-            schema.create_schema(engine)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            failures.append(repr(exc))
-
-    workers = [threading.Thread(target=boot, args=(e,)) for e in engines]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    failures = at_once(schema.create_schema, [(e,) for e in engines])
     try:
         assert failures == []
         with engines[0].connect() as conn:
