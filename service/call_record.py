@@ -48,7 +48,6 @@ class CallRecord:
     hook_instance: str | None = None    # the request's hookInstance, once parsed
     patient_id: str | None = None       # hashed before it is stored or logged; never kept as is
     orders_reviewed: int | None = None  # None: the call was not evaluated
-    ratings: dict[str, str] = field(default_factory=dict)      # rule id -> rating
     order_ratings: list[tuple[str, str]] = field(default_factory=list)  # (rule id, rating) per order rated
     cards: list[CallCard] = field(default_factory=list)
     prefetch: dict[str, str] | None = None                     # prefetch key -> FROM_PREFETCH | FROM_FHIR | UNAVAILABLE

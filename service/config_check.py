@@ -9,7 +9,6 @@ fetched with ``--fetch`` could not be used.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
 
 from service import errors
 from service.config import IssuerSettings
@@ -45,15 +44,8 @@ def describe(settings: Settings, *, fetch: bool = False) -> tuple[list[str], lis
 
 
 def _replay_store(settings: Settings) -> str:
-    where = _masked_redis_url(settings.replay.url) if settings.replay.url else "the database"
+    where = schema.masked_url(settings.replay.url) if settings.replay.url else "the database"
     return f"{where}; when it is down: {settings.replay.when_down}"
-
-
-def _masked_redis_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def _audience(settings: Settings) -> str:

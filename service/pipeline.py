@@ -36,8 +36,7 @@ class Evaluation:
 
     response: dict[str, Any]
     cards: list[render.RenderedCard] = field(default_factory=list)
-    ratings: dict[str, str] = field(default_factory=dict)    # rule id -> rating, for logs
-    order_ratings: list[tuple[str, str]] = field(default_factory=list)  # (rule id, rating) per order rated: metrics
+    order_ratings: list[tuple[str, str]] = field(default_factory=list)  # (rule id, rating) per order rated
     modalities: dict[str, str] = field(default_factory=dict) # card uuid -> modality of its order (store, report)
     card_ratings: dict[str, str] = field(default_factory=dict)  # card uuid -> the rating it carries (rating cards)
     orders_reviewed: int = 0
@@ -108,7 +107,6 @@ class Evaluator:
             for card in rendered:
                 evaluation.modalities[card.card["uuid"]] = study.modality.value
             if decision.rule is not None:
-                evaluation.ratings[decision.rule.id] = decision.rating or "none"
                 evaluation.order_ratings.append((decision.rule.id, decision.rating or "none"))
                 for card in rendered:
                     if card.rule_id == decision.rule.id:

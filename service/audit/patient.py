@@ -225,7 +225,7 @@ def read_evaluation(row: dict[str, Any], evaluation: Any) -> dict[str, Any]:
         return row
     row["outcome"] = "decided"
     row["rule"] = decision.rule.id
-    row["rating"] = evaluation.ratings.get(decision.rule.id, "")
+    row["rating"] = decision.rating or "none"  # as the hook's answer records it
     # v2 change 6: the ordered study's ACR rating in the rule's variant decides (radiography, which is
     # never rated, included); a rule without a row of the rating table (9, 10) keeps its own rating.
     row["low_value"] = decision.acr == "UNA" if decision.acr is not None else decision.rule.rating == LOW_VALUE_RATING

@@ -276,9 +276,9 @@ class CallFetcher:
         self.fetches: list[tuple[tuple[str, ...], FetchResult]] = []
 
     @classmethod
-    def refusing(cls, base: str, *, issuer: str, reason: str) -> CallFetcher:
+    def refusing(cls, *, issuer: str, reason: str) -> CallFetcher:
         """A fetcher for a base this issuer may not reach: it contacts nothing, every key fails with ``reason``."""
-        fetcher = cls(None, base=base, access_token=None, deadline=0.0)
+        fetcher = cls(None, base="", access_token=None, deadline=0.0)
         fetcher._refusal = (reason, issuer)
         return fetcher
 

@@ -45,7 +45,7 @@ from service import errors
 from service.config import ReplaySettings
 from service.config import ReplayWhenDown
 from service.store import schema
-from service.store.bounded import BoundedCalls
+from service.store import bounded
 
 log = logging.getLogger(__name__)
 
@@ -236,26 +236,23 @@ class GuardedReplay:
         self._memory: dict[tuple[str, str], int] = {}  # (iss, jti digest) -> expires_at, while down
         self._lock = threading.Lock()
         # Redis has socket timeouts of its own; a database is waited for at most CHECK_WAIT_SECONDS.
-        may_hang = getattr(store, "may_hang", False)  # a test's store may not say
-        self._bounded = BoundedCalls("replay-check", CHECK_WAIT_SECONDS, threads=CHECK_THREADS) if may_hang else None
+        self._run = bounded.runner("replay-check", CHECK_WAIT_SECONDS, threads=CHECK_THREADS,
+                                   bounded=getattr(store, "may_hang", False))  # a test's store may not say
 
     def check_and_remember(self, iss: str, jti: str, expires_at: int) -> bool:
         """As ``ReplayStore``; while the store is down, refuse (503) or use this worker's memory."""
-        key = (iss, _digest(jti))
-        if self._memory and self._remembered(key):
+        if self._memory and self._remembered((iss, _digest(jti))):
             return False  # accepted while the store was down: a replay, even now it is back
         if self._clock() >= self._down_until:
             try:
-                if self._bounded is None:
-                    return self.store.check_and_remember(iss, jti, expires_at)
-                return self._bounded.run(self.store.check_and_remember, iss, jti, expires_at)
+                return self._run(self.store.check_and_remember, iss, jti, expires_at)
             except errors.StoreUnavailable as exc:
                 self._down_until = self._clock() + PROBE_SECONDS
                 log.warning("replay store unavailable (%s); for %.0f s: %s", exc.message, PROBE_SECONDS,
                             "refusing calls" if self._when_down is ReplayWhenDown.REFUSE else "remembering in memory")
         if self._when_down is ReplayWhenDown.REFUSE:
             raise errors.StoreUnavailable("the replay store is unavailable; retry later")
-        return self._remember(key, expires_at)
+        return self._remember((iss, _digest(jti)), expires_at)
 
     def close(self) -> None:
         self.store.close()

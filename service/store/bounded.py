@@ -24,6 +24,16 @@ from service.errors import StoreUnavailable
 T = TypeVar("T")
 
 
+def runner(name: str, seconds: float, *, threads: int, bounded: bool) -> Callable[..., Any]:
+    """How a store's calls are run, chosen once where the store is built: ``BoundedCalls.run`` for a
+    database that may hang (``schema.may_hang``), else the call itself on the caller's thread."""
+    return BoundedCalls(name, seconds, threads=threads).run if bounded else _direct
+
+
+def _direct(call: Callable[..., T], /, *args: Any) -> T:
+    return call(*args)
+
+
 class BoundedCalls:
     """Runs store calls on up to ``threads`` threads of their own, waiting for each at most ``seconds``."""
 

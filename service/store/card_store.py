@@ -35,7 +35,7 @@ from service.intake.feedback_items import FeedbackItem
 from service.intake.feedback_items import raise_if
 from service.security.pseudonyms import patient_hash
 from service.store import schema
-from service.store.bounded import BoundedCalls
+from service.store import bounded
 from service.store.card_writer import CardWriter
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,8 @@ class CardStore:
         self._clock = clock            # tests pass a fixed clock; times are stored in UTC
         self._lookup_wait = lookup_wait
         self._writer = CardWriter(engine, outbox_dir)
-        may_hang = schema.may_hang(engine.url)
-        self._bounded = BoundedCalls("feedback", feedback_wait, threads=FEEDBACK_THREADS) if may_hang else None
+        self._run = bounded.runner("feedback", feedback_wait, threads=FEEDBACK_THREADS,
+                                   bounded=schema.may_hang(engine.url))
         if outbox_dir is not None:
             self._writer.start()  # at once: it recovers what a worker that died left in the outbox
 
@@ -156,9 +156,7 @@ class CardStore:
         stored) for an unknown card or suggestion, StoreUnavailable when the database fails or has
         not answered within ``feedback_wait`` (if it commits later, a resend is stored once).
         """
-        if self._bounded is None:
-            return self._record_feedback(service_id, items, issuer, tenant)
-        return self._bounded.run(self._record_feedback, service_id, items, issuer, tenant)
+        return self._run(self._record_feedback, service_id, items, issuer, tenant)
 
     def _record_feedback(
         self, service_id: str, items: Sequence[FeedbackItem], issuer: str | None, tenant: str | None

@@ -67,14 +67,12 @@ class Outbox:
         self._segments: list[Path] = []
         self._next = 0
         self._bytes = 0
-        self.full = False
 
     def append(self, cards: list[dict[str, Any]], suggestions: list[dict[str, Any]]) -> bool:
         """Journal one answer's rows; False (not journalled) when the outbox is full. Not thread-safe:
         the card writer calls it under its own lock."""
         line = orjson.dumps({"cards": cards, "suggestions": suggestions}) + b"\n"
         if self._bytes + len(line) > self._max_bytes:
-            self.full = True
             return False
         os.write(self._fd, line)
         self._bytes += len(line)
@@ -101,7 +99,6 @@ class Outbox:
                 segment.unlink()
         if not self._segments:
             self._bytes = os.fstat(self._fd).st_size
-            self.full = False
 
     def sealed_rows(self, sealed: int) -> Iterator[Rows]:
         """The rows of the first ``sealed`` segments, segment by segment."""

@@ -182,7 +182,7 @@ def open_existing(database_url: str) -> sa.Engine:
 
 
 def masked_url(database_url: str) -> str:
-    """The database URL with its password replaced by ***, for messages and check-config."""
+    """A database (or Redis) URL with its password replaced by ***, for messages and check-config."""
     try:
         return sa.engine.make_url(database_url).render_as_string(hide_password=True)
     except sa.exc.ArgumentError:

@@ -32,10 +32,6 @@ class Deadline:
     arrived: float   # time.monotonic() when the request arrived
     expires: float   # time.monotonic() by which the answer must be sent
 
-    def remaining(self) -> float:
-        """Seconds left (negative once expired)."""
-        return self.expires - time.monotonic()
-
     def for_waits(self) -> float:
         """The time.monotonic() by which waits (FHIR reads, store) must end, leaving time to answer."""
         return self.expires - ANSWER_MARGIN_SECONDS

@@ -119,7 +119,7 @@ def _fetcher(
         return None
     if not fhir_servers.token_may_go_to(claims.issuer, base):
         reason = "fhirServer is not one this EHR's issuer is trusted for; it was not contacted"
-        return fhir_client.CallFetcher.refusing(base, issuer=claims.iss, reason=reason)
+        return fhir_client.CallFetcher.refusing(issuer=claims.iss, reason=reason)
     token = hook_request.fhir_authorization.access_token if hook_request.fhir_authorization else None
     return services.fetcher.for_call(base=base, access_token=token, deadline=deadline.for_waits())
 
@@ -127,7 +127,6 @@ def _fetcher(
 def _note_evaluation(call: CallRecord, evaluation: Evaluation, templates: dict[str, str]) -> None:
     """Copy into the call record what the evaluation decided: ratings, cards, where the data came from."""
     call.orders_reviewed = evaluation.orders_reviewed
-    call.ratings = dict(evaluation.ratings)
     call.order_ratings = list(evaluation.order_ratings)
     call.cards = [
         CallCard(

@@ -189,7 +189,7 @@ def _call_fields() -> dict[str, Any]:
         fields["fhir_failed"] = [k for f in call.fhir_fetches for k in f.keys if k in f.failed]
     if call.orders_reviewed is not None:
         fields["orders_reviewed"] = call.orders_reviewed
-        fields["rules"] = dict(call.ratings)
+        fields["rules"] = dict(call.order_ratings)  # rule id -> rating (the last order's, per rule)
         fields["cards"] = [{"rule": c.rule_id, "indicator": c.indicator, "modality": c.modality} for c in call.cards]
         if call.prefetch is not None:
             fields["prefetch_hits"] = [k for k, s in call.prefetch.items() if s == call_record.FROM_PREFETCH]

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service.errors import StoreUnavailable
 from service.services import services_of
 from service.store import schema
-from service.store.bounded import BoundedCalls
+from service.store import bounded
 from service.web import metrics
 from service.web import openapi
 from service.web.errors import json_response
@@ -32,7 +32,8 @@ def _prepare(state: BlueprintSetupState) -> None:
     """Render the OpenAPI document once per app, for this deployment's public base URL."""
     state.app.extensions[_OPENAPI_KEY] = openapi.document_body(services_of(state.app).settings.public_base_url)
     # Load balancers keep asking while the database is sick: a probe must not hold a request thread.
-    state.app.extensions[_READINESS_KEY] = BoundedCalls("readiness", READY_WAIT_SECONDS, threads=4)
+    may_hang = schema.may_hang(services_of(state.app).engine.url)
+    state.app.extensions[_READINESS_KEY] = bounded.runner("readiness", READY_WAIT_SECONDS, threads=4, bounded=may_hang)
 
 
 @blueprint.get("/healthz", endpoint="healthz")
@@ -44,12 +45,8 @@ def healthz() -> Response:
 @blueprint.get("/readyz", endpoint="readyz")
 def readyz() -> Response:
     """Readiness: the store answers a query (a database server within READY_WAIT_SECONDS)."""
-    engine = services_of(current_app).engine
     try:
-        if schema.may_hang(engine.url):
-            current_app.extensions[_READINESS_KEY].run(_ping, engine)
-        else:
-            _ping(engine)
+        current_app.extensions[_READINESS_KEY](_ping, services_of(current_app).engine)
     except sa.exc.SQLAlchemyError as exc:
         raise StoreUnavailable(f"the store is not reachable ({type(exc).__name__})") from None
     return json_response({"status": "ready"})

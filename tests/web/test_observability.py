@@ -17,13 +17,14 @@ import pytest
 import requests
 import sqlalchemy as sa
 
+from service.app import create_app
 from service.app import services_of
-from service.store import schema
 from service.web import metrics
 from service.web import observability
 from service.web import operations
 from tests import fhir
 from tests.conftest import ISSUER
+from tests.conftest import with_settings
 from tests.conftest import trusting_fhir_server
 from tests.serving import free_port
 from tests.serving import serving
@@ -235,11 +236,10 @@ def test_readyz_is_503_when_the_store_is_unreachable(client, app, url):
     assert client.get("/readyz").status_code == 200
 
 
-def test_readyz_is_a_503_within_its_bound_when_postgresql_stops_answering(client, app):
+def test_readyz_is_a_503_within_its_bound_when_postgresql_stops_answering(settings):
     with databases.postgres_schema() as url, databases.forwarded(url) as (via, forwarder):
-        services = services_of(app)
-        working = services.engine
-        services.engine = schema.create_engine(via)
+        app = create_app(with_settings(settings, database_url=via))
+        client = app.test_client()
         try:
             assert client.get("/readyz").status_code == 200
             forwarder.stall()
@@ -248,8 +248,7 @@ def test_readyz_is_a_503_within_its_bound_when_postgresql_stops_answering(client
             took = time.monotonic() - started
         finally:
             forwarder.resume()
-            services.engine.dispose()
-            services.engine = working
+            services_of(app).close()
     assert response.status_code == 503
     assert "did not answer within 2 s" in response.get_json()["issue"][0]["diagnostics"]
     assert operations.READY_WAIT_SECONDS <= took < operations.READY_WAIT_SECONDS + 1.5
