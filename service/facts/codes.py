@@ -119,7 +119,6 @@ class ConceptSummary:
 
     name: str
     description: str
-    rule_source: str
     codes: Mapping[str, int]        # canonical system URL -> codes matched (ICD-10-CM: codes of the shipped tree covered; ATC: groups)
     sources: tuple[ListSource, ...]
 
@@ -195,7 +194,6 @@ class _Product:
     """An RxNorm product (SCD/SBD/pack) of rxnorm.json."""
 
     name: str
-    ingredients: tuple[str, ...]   # ingredient names, as the RxNorm name gives them
     rxcuis: tuple[str, ...]        # rxcuis of those ingredients valuesets.json lists (may be empty)
     concepts: tuple[str, ...]      # concepts of the published list it came from
     source: str                    # source id in rxnorm.json "sources"
@@ -211,7 +209,6 @@ class _Terminology:
     ingredients: Mapping[str, str]                              # RxNorm ingredient rxcui -> name
     products: Mapping[str, _Product]                            # product rxcui -> its ingredients, concepts, source
     rx_sources: Mapping[str, ListSource]                        # source id -> source
-    atc: Mapping[str, tuple[str, str | None]]                   # ATC code -> (name, ingredient rxcui)
 
 
 class ValueSets:
@@ -219,7 +216,7 @@ class ValueSets:
 
     __slots__ = (
         "_codings", "_concepts", "_contrast", "_display", "_exact", "_ingredient", "_names", "_prefix",
-        "_prefix_urls", "_sources", "_systems", "_trees",
+        "_sources", "_systems", "_trees",
     )
 
     def __init__(self, data: Mapping[str, Any], origin: str = "valuesets", terminology: _Terminology | None = None) -> None:
@@ -268,13 +265,11 @@ class ValueSets:
         self._contrast: dict[str, dict[str, str]] = contrast_by_url
         self._codings: dict[str, tuple[tuple[str, str], ...]] = {n: tuple(dict.fromkeys(c)) for n, c in codings.items()}
         self._prefix: dict[str, _PrefixIndex] = {}
-        self._prefix_urls: dict[str, str] = {}  # URL -> prefix alias
         for alias, tables in keyed.items():
             index = _PrefixIndex(*tables, intern=intern)
             for url in systems[alias]:
                 self._prefix[url] = index
-                self._prefix_urls[url] = alias
-        self._trees: dict[str, Mapping[str, str]] = {ICD10: term.icd10cm, ATC: {k: v[0] for k, v in term.atc.items()}}
+        self._trees: dict[str, Mapping[str, str]] = {ICD10: term.icd10cm, ATC: {}}  # no ATC tree: groups counted
         self._display: dict[str, dict[str, str]] = _displays(data, term, systems)
         self._ingredient: dict[str, dict[str, tuple[str, str]]] = _ingredients(data, term, systems)
         self._sources: dict[str, list[ListSource]] = _sources(data, term, canonical, self._codings)
@@ -317,7 +312,7 @@ class ValueSets:
         table = self._display.get(system)
         if table is None:
             return None
-        key = normalize_icd10(code) if system in self._prefix_urls else code.strip()
+        key = normalize_icd10(code) if system in self._prefix else code.strip()
         return table.get(key)
 
     def ingredient(self, system: str | None, code: str | None) -> tuple[str, str] | None:
@@ -332,7 +327,7 @@ class ValueSets:
         table = self._ingredient.get(system)
         if table is None:
             return None
-        if system not in self._prefix_urls:
+        if system not in self._prefix:
             return table.get(code.strip())
         key = normalize_icd10(code)  # ATC: the code's own name, else that of its nearest listed group
         for n in range(len(key), 0, -1):
@@ -365,7 +360,6 @@ class ValueSets:
             ConceptSummary(
                 name=n,
                 description=str(self._concepts[n].get("description", "")),
-                rule_source=str(self._concepts[n].get("rule_source", "")),
                 codes=counts[n],
                 sources=tuple(self._sources.get(n, ())),
             )
@@ -514,7 +508,7 @@ def _expand_range(low: str, high: str, where: str) -> tuple[str, ...]:
 
 
 def _empty_terminology() -> _Terminology:
-    return _Terminology(icd10cm={}, icd10cm_source=None, snomed=(), ingredients={}, products={}, rx_sources={}, atc={})
+    return _Terminology(icd10cm={}, icd10cm_source=None, snomed=(), ingredients={}, products={}, rx_sources={})
 
 
 def _read_json(path: Path) -> Any:
@@ -572,9 +566,9 @@ def _load_terminology(folder: Path) -> _Terminology:
 
 
 def _load_rxnorm(path: Path) -> dict[str, Any]:
-    """Ingredients, products (with their ingredients and source), ATC names and the sources."""
+    """Ingredients, products (with their ingredients and source) and the sources."""
     if not path.is_file():
-        return {"ingredients": {}, "products": {}, "rx_sources": {}, "atc": {}}
+        return {"ingredients": {}, "products": {}, "rx_sources": {}}
     doc = _read_json(path)
     sources_raw = doc.get("sources")
     if not isinstance(sources_raw, Mapping) or not sources_raw:
@@ -592,22 +586,13 @@ def _load_rxnorm(path: Path) -> dict[str, Any]:
             raise ValueError(f"{where}: every rxcui must be listed under \"ingredients\"")
         if raw.get("source") not in sources_raw:
             raise ValueError(f"{where}: unknown source {raw.get('source')!r}")
-        products[code] = _Product(raw["name"], tuple(names), tuple(rxcuis), tuple(concepts), raw["source"])
-    atc: dict[str, tuple[str, str | None]] = {}
-    for code, raw in (doc.get("atc") or {}).items():
-        where = f"{path.name}: atc {code!r}"
-        if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
-            raise ValueError(f"{where}: needs a name")
-        ing = raw.get("ingredient")
-        if ing is not None and ing not in ingredients:
-            raise ValueError(f"{where}: ingredient {ing!r} is not listed under \"ingredients\"")
-        atc[normalize_icd10(code)] = (raw["name"], ing)
+        products[code] = _Product(raw["name"], tuple(rxcuis), tuple(concepts), raw["source"])
     rx_sources = {  # a list taken by ingredient says so in its "filter"
         sid: replace(_list_source(raw, "http://www.nlm.nih.gov/research/umls/rxnorm", f"{path.name}: source {sid!r}", 0),
                      filter=str(raw.get("filter") or ""))
         for sid, raw in sources_raw.items()
     }
-    return {"ingredients": ingredients, "products": products, "rx_sources": rx_sources, "atc": atc}
+    return {"ingredients": ingredients, "products": products, "rx_sources": rx_sources}
 
 
 def _derived_entries(
@@ -649,7 +634,6 @@ def _displays(data: Mapping[str, Any], term: _Terminology, systems: Mapping[str,
         ICD10: term.icd10cm,
         SNOMED: {c: d for _, _, codes in term.snomed for c, d in codes.items()},
         RXNORM: {**term.ingredients, **{c: p.name for c, p in term.products.items()}},
-        ATC: {c: a[0] for c, a in term.atc.items()},
     }
     out: dict[str, dict[str, str]] = {}
     for alias, urls in systems.items():
@@ -678,7 +662,6 @@ def _ingredients(
     for code, product in term.products.items():
         if product.rxcuis:  # the first ingredient the lists know; a product of unlisted ingredients has none
             rx[code] = (product.rxcuis[0], term.ingredients[product.rxcuis[0]])
-    atc.update({code: (code, name) for code, (name, _) in term.atc.items()})
     out: dict[str, dict[str, tuple[str, str]]] = {}
     for alias, table in ((RXNORM, rx), (ATC, atc)):
         for url in systems.get(alias, ()):

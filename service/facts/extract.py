@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import date
 from datetime import timedelta
@@ -58,7 +59,6 @@ class Days:
     STEROID_LOOKBACK = 365     # "fracture risk": >= 90 days of glucocorticoid exposure in the last 365
     STEROID_EXPOSURE = 90
     CONSERVATIVE = 182         # "conservative management": within the 182 days before the order
-    MEDICATION_DEFAULT = medication_use.DEFAULT_DAYS  # "Glucocorticoid days": no supply or validity: 30 days
     ONE_MONTH = 28             # ACP-2011 "failure to improve after 1 month" (README "Choices made")
     SIX_WEEKS = 42             # rules 6-8: six weeks separates acute from persistent pain
 
@@ -197,10 +197,10 @@ def extract_patient(record: PatientRecord, vs: ValueSets, today: date) -> Patien
     for condition in record.of("Condition"):
         _read_condition(condition, vs, today, found, episode_dates, context)
     _read_observations(record.of("Observation"), vs, today, found)
-    conservative = _read_procedures_and_orders(record, vs, today, found)
+    conservative, procedure_studies = _read_procedures_and_orders(record, vs, today, found)
     context.settle(found)  # after the Procedures: a lumbar procedure places a fusion status
     conservative += _read_medications(record.of("MedicationRequest", "MedicationStatement", "MedicationDispense"), vs, today, found)
-    studies = _read_imaging(record, vs, today)
+    studies = _read_imaging(record, vs, today) + procedure_studies
     age, sex = _demographics(record.patient, today)
     _age_findings(record.patient, age, found)
     return PatientFacts(
@@ -421,8 +421,11 @@ def _read_procedures_and_orders(
     vs: ValueSets,
     today: date,
     found: dict[model.Finding, list[model.Evidence]],
-) -> list[Use]:
+) -> tuple[list[Use], list[tuple[model.Modality, model.Evidence]]]:
+    """Conservative care (PT procedures and referrals), prior lumbar surgery, and the lumbar studies
+    among the Procedures (``_read_imaging`` reads the other resource types)."""
     conservative: list[Use] = []
+    studies: list[tuple[model.Modality, model.Evidence]] = []
     for proc in record.of("Procedure"):
         if proc.get("status") in PROCEDURE_NOT_DONE:
             continue
@@ -433,6 +436,9 @@ def _read_procedures_and_orders(
         evidence = model.Evidence(reference=_reference(proc), on=on, text=text)
         if "prior_lumbar_surgery" in concepts:
             _add(found, F.PRIOR_LUMBAR_SURGERY, evidence)
+        modality = _prior_study(concepts, on, today)
+        if modality is not None:
+            studies.append((modality, evidence))
         if "physical_therapy" in concepts and on is not None:
             period = proc.get("performedPeriod")
             end = parse_date(period.get("end")) if isinstance(period, OBJECT) else None
@@ -445,7 +451,7 @@ def _read_procedures_and_orders(
         on = first_date(order, "occurrenceDateTime", "occurrencePeriod", "authoredOn")
         if "physical_therapy" in concepts and on is not None:
             conservative.append(Use(model.Evidence(reference=_reference(order), on=on, text=text), on, on + ONE_DAY))
-    return conservative
+    return conservative, studies
 
 
 def _read_medications(
@@ -503,16 +509,16 @@ def _medication_text(codeable: Any, text: str, vs: ValueSets) -> str:
 
 
 def _read_imaging(record: PatientRecord, vs: ValueSets, today: date) -> list[tuple[model.Modality, model.Evidence]]:
-    """Lumbar studies of each modality in the last 365 days (ImagingStudy, DiagnosticReport, Procedure)."""
+    """Lumbar studies of each modality in the last 365 days in ImagingStudy and DiagnosticReport
+    (those among the Procedures are read with them, ``_read_procedures_and_orders``)."""
     studies: list[tuple[model.Modality, model.Evidence]] = []
 
     def add(resource: Mapping[str, Any], codeable: Any, on: date | None) -> bool:
         concepts, text = concepts_of(codeable, vs)
-        for concept, modality in STUDY_CONCEPTS.items():
-            if concept in concepts and _recent(on, today, Days.PRIOR_IMAGING):
-                studies.append((modality, model.Evidence(reference=_reference(resource), on=on, text=text)))
-                return True
-        return False
+        modality = _prior_study(concepts, on, today)
+        if modality is not None:
+            studies.append((modality, model.Evidence(reference=_reference(resource), on=on, text=text)))
+        return modality is not None
 
     for study in record.of("ImagingStudy"):
         if study.get("status") in REPORT_NOT_TRUE:
@@ -525,10 +531,15 @@ def _read_imaging(record: PatientRecord, vs: ValueSets, today: date) -> list[tup
     for report in record.of("DiagnosticReport"):
         if report.get("status") not in REPORT_NOT_TRUE:
             add(report, report.get("code"), first_date(report, "effectiveDateTime", "effectivePeriod", "issued"))
-    for proc in record.of("Procedure"):
-        if proc.get("status") not in PROCEDURE_NOT_DONE:
-            add(proc, proc.get("code"), first_date(proc, "performedDateTime", "performedPeriod"))
     return studies
+
+
+def _prior_study(concepts: AbstractSet[str], on: date | None, today: date) -> model.Modality | None:
+    """The modality of a lumbar study with these concepts, done on ``on``, when it counts as prior
+    imaging (within Days.PRIOR_IMAGING)."""
+    if not _recent(on, today, Days.PRIOR_IMAGING):
+        return None
+    return next((modality for concept, modality in STUDY_CONCEPTS.items() if concept in concepts), None)
 
 
 def _recent(on: date | None, today: date, days: int) -> bool:

@@ -291,7 +291,6 @@ def _card(
     rating_card: bool,
 ) -> RenderedCard:
     facts = decision.facts
-    prior = _prior_date(facts)
     suggestions = [o.json for o in offers]
     lead = table.sources[content.cites[0]]
     variant = next((v for v in content.variants if all(PREDICATES[w](facts) for w in v.when)), None)
@@ -299,8 +298,8 @@ def _card(
         or content.summary
     card: dict[str, Any] = {
         "uuid": actions.random_uuid(),
-        "summary": _fill(summary, decision, table).replace("{prior_date}", prior),
-        "detail": _detail(content, decision, prepared, table, rating_card=rating_card, prior=prior, variant=variant),
+        "summary": _fill(summary, decision, table),
+        "detail": _detail(content, decision, prepared, table, rating_card=rating_card, variant=variant),
         "indicator": _indicator(content, decision, rating_card),
         "source": {
             "label": lead.label,
@@ -344,7 +343,10 @@ def _lower_summary(content: CardContent, decision: Decision, table: RuleTable, r
 
 
 def _fill(text: str, decision: Decision, table: RuleTable) -> str:
-    """The text with {Study} and {study} naming the ordered study ("Lumbar CT", "lumbar CT")."""
+    """The text with {Study} and {study} naming the ordered study ("Lumbar CT", "lumbar CT") and
+    {prior_date} the date of the latest prior lumbar study (the placeholders of rules/table.py)."""
+    if "{prior_date}" in text:
+        text = text.replace("{prior_date}", _prior_date(decision.facts))
     if "tudy}" not in text:
         return text
     ordered = decision.ordered
@@ -401,14 +403,14 @@ def _prior_date(facts: Facts) -> str:
     return max(dates).isoformat() if dates else "an earlier date"
 
 
-def _detail(content: CardContent, decision: Decision, prepared: Prepared, table: RuleTable, *, rating_card: bool, prior: str,
+def _detail(content: CardContent, decision: Decision, prepared: Prepared, table: RuleTable, *, rating_card: bool,
             variant: Variant | None = None) -> str:
     """v2 layout: the verdict; the facts that decided it; weaker risk factors found; what was looked
     for and not found, in one line; the ordered study and rating; what to do; ACR wording and sources."""
     facts = decision.facts
     verdict = (variant.verdict if variant and variant.verdict else None) or content.verdict
     advice = (variant.advice if variant and variant.advice else None) or content.advice
-    parts = [_fill(verdict, decision, table).replace("{prior_date}", prior)]
+    parts = [_fill(verdict, decision, table)]
     deciding = _deciding(decision, prepared) if rating_card else set()
     why = _why_lines(facts, prepared, deciding, rating_card)
     if why:

@@ -463,7 +463,7 @@ def test_not_found_never_names_a_present_finding(
     facts = Facts(today=AS_OF, age=age, sex=sex, order=order, findings=findings, episode_start=start,
                   episode_days=None if start is None else (AS_OF - start).days)
     unrated = engine.Decision(facts=facts, rule=None, modifiers=())  # a rating card not rated "appropriate"
-    detail = cards._detail(table_.cards["acute-uncomplicated"], unrated, prepared, table_, rating_card=True, prior="x")
+    detail = cards._detail(table_.cards["acute-uncomplicated"], unrated, prepared, table_, rating_card=True)
     absent = reference_absent(facts, table_)
     if absent:
         assert not_found_line(detail) == ", ".join(absent) + "."
