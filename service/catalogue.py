@@ -56,6 +56,11 @@ def load_catalogue(directory: Path | None = None) -> dict[str, ServiceSpec]:
     return {s.id: s for s in specs}
 
 
+def service_for(catalogue: Mapping[str, ServiceSpec], hook: Any) -> ServiceSpec | None:
+    """The catalogue's service for this hook (the first one listed), if any."""
+    return next((s for s in catalogue.values() if s.hook == hook), None)
+
+
 def _spec(raw: Mapping[str, Any], n: int, directory: Path, problems: list[str]) -> ServiceSpec:
     where = f"service[{n}] ({raw.get('id', '?')})"
     for key in ("id", "hook", "title", "description", "rules"):

@@ -133,7 +133,7 @@ def evaluate(request_file: Path, as_json: bool, today: Any) -> None:
     data = envelope.parse_json(request_file.read_bytes())
     hook = data.get("hook") if isinstance(data, dict) else None
     evaluator = pipeline.Evaluator.load()
-    spec = next((s for s in evaluator.catalogue.values() if s.hook == hook), None)
+    spec = evaluator.service_for(hook)
     if spec is None:
         raise InvalidRequest(f"{request_file}: hook must be one of {', '.join(s.hook for s in evaluator.catalogue.values())}")
     hook_request = envelope.parse_request(data, hook=spec.hook)

@@ -20,6 +20,7 @@ from service import config
 from service import errors
 from service.facts.dates import shift_dates
 from service.catalogue import load_catalogue
+from service.catalogue import service_for as first_service_for
 from service.security import signer as signer_mod
 
 TIMEOUT_SECONDS = 30.0
@@ -38,10 +39,10 @@ class CallResult:
 def service_for(data: Any) -> str:
     """The id of the service that answers this request's hook; InvalidRequest otherwise."""
     hook = data.get("hook") if isinstance(data, dict) else None
-    services = load_catalogue().values()  # cards/services.toml, the one list of services
-    spec = next((s for s in services if s.hook == hook), None)
+    services = load_catalogue()  # cards/services.toml, the one list of services
+    spec = first_service_for(services, hook)
     if spec is None:
-        raise errors.InvalidRequest(f"hook must be one of {', '.join(s.hook for s in services)}", expression="hook")
+        raise errors.InvalidRequest(f"hook must be one of {', '.join(s.hook for s in services.values())}", expression="hook")
     return spec.id
 
 

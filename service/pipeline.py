@@ -15,6 +15,7 @@ from typing import Any
 from service.catalogue import Catalogue
 from service.catalogue import ServiceSpec
 from service.catalogue import load_catalogue
+from service.catalogue import service_for as first_service_for
 from service.facts import extract
 from service.facts import model
 from service.facts.codes import ValueSets
@@ -65,7 +66,7 @@ class Evaluator:
 
     def service_for(self, hook: str) -> ServiceSpec | None:
         """The catalogue's service for this hook (the first one listed), if any."""
-        return next((s for s in self.catalogue.values() if s.hook == hook), None)
+        return first_service_for(self.catalogue, hook)
 
     def orders_to_review(self, request: HookRequest, service: ServiceSpec | None = None) -> list[tuple[Mapping[str, Any], model.Study]]:
         """The draft orders this call asks about that the service reviews (selections for order-select),

@@ -207,10 +207,9 @@ class Auditor:
 
 
 def read_evaluation(row: dict[str, Any], evaluation: Any) -> dict[str, Any]:
-    """Fill the row from the evaluation: cards (source.topic), rating, and the decision's rule and facts."""
-    cards = evaluation.response.get("cards", [])
-    row["cards"] = len(cards)
-    row["card_rules"] = ";".join(str(c.get("source", {}).get("topic", {}).get("code", "")) for c in cards)
+    """Fill the row from the evaluation: its cards' rules, rating, and the decision's rule and facts."""
+    row["cards"] = len(evaluation.cards)
+    row["card_rules"] = ";".join(c.rule_id for c in evaluation.cards)
     if evaluation.orders_reviewed == 0:
         return row
     row["outcome"] = "not-adult"
