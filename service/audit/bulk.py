@@ -83,7 +83,9 @@ class _Client:
 
     def get(self, url: str, *, accept: str = FHIR_JSON, with_token: bool = True, **kwargs: Any) -> requests.Response:
         headers = {"Accept": accept, **kwargs.pop("headers", {})}
-        if self.token and with_token and within(self.base, url):
+        resolved = fhir_servers.resolve_under(self.base, url) if self.token and with_token else None
+        if resolved is not None:  # the token goes to the URL as resolved, never past the base
+            url = resolved
             headers["Authorization"] = f"Bearer {self.token}"
         try:
             response = self.session.get(url, headers=headers, timeout=self.timeout, allow_redirects=False, **kwargs)
@@ -124,7 +126,7 @@ class _Client:
         seen: dict[str, int] = {}
         for item in manifest["output"]:
             kind, url = item["type"], item["url"]
-            if needs_token and not within(self.base, url):
+            if needs_token and fhir_servers.resolve_under(self.base, url) is None:
                 raise ExportError(f"{_where(url)}: an export file that requires the access token lies outside "
                                   f"{self.base}; the token is not sent there")
             seen[kind] = seen.get(kind, 0) + 1
@@ -147,15 +149,6 @@ class _Client:
                         fh.write(chunk)
             except requests.RequestException as exc:
                 raise ExportError(f"{_where(url)}: export file download broke off ({type(exc).__name__})") from None
-
-
-def within(base: str, url: str) -> bool:
-    """Whether url lies under the FHIR base (same scheme, host and port; path at or below the base's)."""
-    home = fhir_servers.normalized_base(base)
-    target = fhir_servers.normalized_base(url.split("#", 1)[0].split("?", 1)[0])
-    if home is None or target is None or target[:3] != home[:3]:
-        return False
-    return target[3] == home[3] or target[3].startswith(home[3] + "/")
 
 
 def retry_after(value: str | None) -> float:

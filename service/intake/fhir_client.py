@@ -37,9 +37,7 @@ from concurrent.futures import wait
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urljoin
 from urllib.parse import urlsplit
-from urllib.parse import urlunsplit
 
 import requests
 import requests.adapters
@@ -48,6 +46,7 @@ import urllib3
 import urllib3.exceptions
 
 from service.security.fhir_servers import normalized_base
+from service.security.fhir_servers import resolve_under
 
 log = logging.getLogger(__name__)
 
@@ -366,40 +365,12 @@ def _result(resources: dict[str, tuple[dict, ...]], failures: dict[str, str], co
 
 
 def _within_base(job: _Job, url: str) -> str:
-    """Resolve a next link against the base, dot segments included; refuse one that leaves it (it
-    would carry the token). The resolved URL is what gets requested."""
-    parts = urlsplit(urljoin(job.base + "/", url.strip()))
-    path = _resolved_path(parts.path)
-    base = normalized_base(job.base)
-    target = normalized_base(urlunsplit((parts.scheme, parts.netloc, path or "/", "", "")))
-    if path is None or base is None or target is None or target[:3] != base[:3]:
+    """The next link resolved against the base (``fhir_servers.resolve_under``); refused when it
+    leaves the base (it would carry the token). The resolved URL is what gets requested."""
+    resolved = resolve_under(job.base, url)
+    if resolved is None:
         raise FhirFetchError(job.key, "next link outside the FHIR base")
-    base_path = _resolved_path(base[3] or "/") or "/"
-    if target[3] != base_path.rstrip("/") and not (target[3] + "/").startswith(base_path.rstrip("/") + "/"):
-        raise FhirFetchError(job.key, "next link outside the FHIR base")
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-
-
-def _resolved_path(path: str) -> str | None:
-    """``path`` with its dot segments removed (RFC 3986 5.2.4), ``%2e`` read as a dot; None when it
-    holds an encoded slash or a backslash, which servers may read as a separator after our check."""
-    lowered = path.lower()
-    if "%2f" in lowered or "%5c" in lowered or "\\" in path:
-        return None
-    segments = _DOT.sub(".", path).split("/")
-    out: list[str] = []
-    for segment in segments[1:]:  # an absolute URL's path starts with "/"
-        if segment == "..":
-            if out:
-                out.pop()
-        elif segment != ".":
-            out.append(segment)
-    if segments[-1] in (".", ".."):
-        out.append("")  # "/a/b/.." is the directory "/a/"
-    return "/" + "/".join(out)
-
-
-_DOT = re.compile("%2e", re.IGNORECASE)
+    return resolved
 
 
 def _check_status(key: str, response: requests.Response, *, read: bool) -> None:

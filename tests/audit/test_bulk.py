@@ -11,6 +11,7 @@ from werkzeug import Request
 from werkzeug import Response
 
 from service.audit import bulk
+from service.security import fhir_servers
 from tests.audit.conftest import read_summary
 from tests.audit.conftest import run_cli
 
@@ -103,6 +104,18 @@ def test_a_file_outside_the_base_that_requires_the_token_is_refused(capsys, tmp_
     assert TOKEN not in err
 
 
+def test_a_file_that_dot_segments_lead_out_of_the_base_is_refused(capsys, tmp_path, httpserver, small_export, jwks_file):
+    # Same host and port: only the resolved path tells that ".." leaves /fhir for another base.
+    server = FakeBulkServer(httpserver, {"Patient.ndjson": b"{}\n"})
+    server.manifest["output"][0]["url"] = f"{server.base}/../other-tenant/fhir/files/Patient.ndjson"
+    config = _config(tmp_path, server.base, jwks_file)
+    code, _, err = run_cli(capsys, "audit", "--fhir-server", server.base, "--token-file", str(tmp_path / "token"),
+                           "--config", str(config), "--out", str(tmp_path / "out"))
+    assert code == 6
+    assert "lies outside" in err and "the token is not sent there" in err
+    assert "Patient.ndjson" not in server.auth
+
+
 def test_a_failed_export_exits_6_with_the_servers_diagnostics(capsys, tmp_path, httpserver, jwks_file):
     httpserver.expect_request("/fhir/$export").respond_with_json(
         {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "forbidden", "diagnostics": "no bulk access"}]},
@@ -125,6 +138,9 @@ def test_retry_after(value, seconds):
     ("https://ehr.example/fhirx/status", False), ("https://other.example/fhir/x", False),
     ("http://ehr.example/fhir/x", False), ("https://ehr.example:8443/fhir/x", False),
     ("https://user:pw@ehr.example/fhir/x", False),
+    # Dot segments are resolved before the check, as for the hook's next links (fhir_servers.resolve_under).
+    ("https://ehr.example/fhir/../admin/export", False), ("https://ehr.example/fhir/%2e%2e/admin", False),
+    ("https://ehr.example/fhir/a/%2Fb", False), ("https://ehr.example/fhir/a/../status/1", True),
 ])
 def test_the_token_goes_only_under_the_base(url, inside):
-    assert bulk.within("https://ehr.example/fhir", url) is inside
+    assert (fhir_servers.resolve_under("https://ehr.example/fhir", url) is not None) is inside
