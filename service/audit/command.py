@@ -68,8 +68,7 @@ def audit(
 
         token = token_file.read_text("utf-8").strip() if token_file else None
         export_dir = bulk.kick_off_and_download(settings, fhir_server, token, out_dir / "export", log=_say)
-    if export_dir is None:  # not reached: exactly one of the two was given
-        raise click.UsageError("give either EXPORT_DIR or --fhir-server URL")
+    assert export_dir is not None  # exactly one of the two was given (checked above)
     started = time.monotonic()
     summary = run_audit(export_dir, out_dir, window=window, salt=settings.patient_hash_salt, engine=engine,
                         master=master, workers=workers, progress=ProgressBar(sys.stderr.isatty()))

@@ -93,6 +93,11 @@ class ReadStats:
         if len(self.bad_examples) < MAX_BAD_EXAMPLES:
             self.bad_examples.append((file_name, line, reason))
 
+    def count_resource(self) -> None:
+        """Count a line ``classify`` keyed to its patient (a resource read)."""
+        self.lines += 1
+        self.resources += 1
+
     def count(self, reason: str, file_name: str, line: int) -> None:
         """Count a line ``classify`` did not key: blank (not counted), of a type not read, or bad."""
         if not reason:

@@ -55,7 +55,6 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChunkResult:
-    index: int
     lines_seen: int            # every line of the chunk, blank ones included (for line numbers)
     stats: ReadStats           # bad-line numbers relative to the chunk's first line
     flagged: frozenset[str]    # patients with an audited order in this chunk
@@ -158,8 +157,7 @@ def _partition(chunk: Chunk, work_dir: Path, partitions: int, wanted: Path | Non
                 stats.count(got, name, number)
                 continue
             patient, flagged, kept = got
-            stats.lines += 1
-            stats.resources += 1
+            stats.count_resource()
             if flagged:
                 flagged_here.add(patient)
             if kept:
@@ -170,7 +168,7 @@ def _partition(chunk: Chunk, work_dir: Path, partitions: int, wanted: Path | Non
     finally:
         for out in outputs:
             out.close()
-    return ChunkResult(index=chunk.index, lines_seen=lines_seen, stats=stats, flagged=frozenset(flagged_here))
+    return ChunkResult(lines_seen=lines_seen, stats=stats, flagged=frozenset(flagged_here))
 
 
 def _wanted(path: Path) -> frozenset[str]:

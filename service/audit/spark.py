@@ -101,11 +101,10 @@ def _classify_partition(
         if isinstance(got, str):
             stats.count(got, name, index + 1)
             continue
-        patient, flagged, kept = got
-        stats.lines += 1
-        stats.resources += 1
-        if kept:
-            yield patient, (flagged, line)
+        patient, _, kept = got
+        stats.count_resource()
+        if kept:  # only wanted patients' lines are kept, and each has its audited order among them
+            yield patient, line
     yield STATS_KEY, stats
 
 
@@ -118,8 +117,5 @@ def _audit_group(group: tuple[str, Iterable[Any]], shared: Any) -> Iterator[tupl
             merged.merge(stats)
         yield "stats", merged
         return
-    records = list(values)
-    if not any(flagged for flagged, _ in records):
-        return
-    for row in _auditor(shared).audit_patient(key, [line for _, line in records]):
+    for row in _auditor(shared).audit_patient(key, list(values)):
         yield "row", row
