@@ -30,7 +30,6 @@ from service.audit import command as audit_command
 from service.errors import ConfigError
 from service.errors import InvalidRequest
 from service.errors import ServiceError
-from service.errors import StoreUnavailable
 
 CONFIG_HELP = f"TOML configuration file (default: ${config.CONFIG_ENV}, else the development profile)"
 
@@ -55,19 +54,13 @@ cli.add_command(audit_command.audit)
 
 
 @cli.command("check-config")
-@click.option(
-    "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-    help="Configuration file (default: $LUMBAR_MRI_CDS_CONFIG, else the development profile).",
-)
+@config_option
 @click.option("--fetch", is_flag=True, help="Also fetch every jwks_url and list its keys.")
 @click.pass_context
 def check_config(ctx: click.Context, config_file: Path | None, fetch: bool) -> None:
     """Validate a configuration and say what it would trust."""
     try:
-        if config_file is None and isinstance(ctx.obj, config.Settings):
-            settings = ctx.obj  # built once by the command group
-        else:
-            settings = load(config_file)
+        settings = load(config_file)
         lines, problems = config_check.describe(settings, fetch=fetch)
     except ConfigError as exc:
         click.echo(f"invalid configuration: {exc}", err=True)
