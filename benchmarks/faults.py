@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import sqlalchemy as sa
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -60,11 +61,15 @@ sys.path.insert(0, str(HERE))
 import load  # noqa: E402  (benchmarks/load.py: tokens, servers, the realistic request)
 
 from service.config import LimitsSettings  # noqa: E402
+from service.intake.prefetch import build_templates  # noqa: E402
+from service.security.replay import replay_database_url  # noqa: E402
 from tests import serving  # noqa: E402
 from tests.store import databases  # noqa: E402  (the stallable forwarder)
 
 DEADLINE_SECONDS = LimitsSettings().deadline_seconds  # the configuration written here keeps the default
 FAST_503_SECONDS = 1.0        # a 503 slower than this is not "fast"
+# The slow FHIR server answers a search with the fixture's bundle for the prefetch key of its type.
+PREFETCH_KEY_OF_TYPE = {query.split("?", 1)[0]: key for key, query in build_templates(()).items() if "?" in query}
 PHASES = ("slow-clients", "slow-fhir", "store-hang", "store-stall", "kill")
 
 
@@ -219,12 +224,7 @@ class SlowFhir(BaseHTTPRequestHandler):
         route = path.split("?", 1)[0].rstrip("/").split("/")
         if len(route) >= 2 and route[-2] == "Patient":
             return self.prefetch["patient"]
-        by_type = {
-            "Condition": "conditions", "Observation": "observations", "Procedure": "procedures",
-            "MedicationRequest": "medications", "ServiceRequest": "serviceRequests",
-            "ImagingStudy": "imagingStudies", "DiagnosticReport": "diagnosticReports",
-        }
-        key = by_type.get(route[-1])
+        key = PREFETCH_KEY_OF_TYPE.get(route[-1])
         if key is None:
             return {"resourceType": "Bundle", "type": "searchset", "entry": []}
         return self.prefetch[key]
@@ -280,9 +280,8 @@ def store_locked(database_url: str, seconds: float) -> Iterator[None]:
             conn.rollback()
 
     if database_url.startswith("sqlite:///"):
-        path = database_url[len("sqlite:///"):]
-        stem, suffix = os.path.splitext(path)
-        target = lambda: hold_sqlite([path, f"{stem}.replay{suffix}"])  # noqa: E731
+        store = sa.make_url(database_url)
+        target = lambda: hold_sqlite([store.database, replay_database_url(store).database])  # noqa: E731
     else:
         target = hold_postgresql
     thread = threading.Thread(target=target, daemon=True)
