@@ -16,6 +16,7 @@ from typing import Any
 
 from service.errors import ConfigError
 from service.facts.extract import STUDY_CONCEPTS
+from service.rules.table import RULES_FILE
 from service.rules.table import default_cards_dir
 
 FILE = "services.toml"
@@ -74,5 +75,8 @@ def _spec(raw: Mapping[str, Any], n: int, directory: Path, problems: list[str]) 
         reviews = []
     if isinstance(raw.get("rules"), str) and not (directory / raw["rules"]).is_file():
         problems.append(f"{where}: rule table {raw['rules']!r} is not a file of {directory.name}/")
+    elif isinstance(raw.get("rules"), str) and raw["rules"] != RULES_FILE:
+        # One table serves every service today: naming another must not be ignored in silence.
+        problems.append(f"{where}: rule table {raw['rules']!r}: every service applies {RULES_FILE} (the one rule table)")
     return ServiceSpec(id=str(raw.get("id", "")), hook=str(raw.get("hook", "")), title=str(raw.get("title", "")),
                        description=str(raw.get("description", "")), reviews=tuple(reviews), rules=str(raw.get("rules", "")))

@@ -34,6 +34,8 @@ def test_shipped_catalogue_keeps_the_service_ids_and_reviews_every_lumbar_study(
     pytest.param(('hook = "order-sign"', 'hook = "patient-view"'), "hook must be one of", id="unknown-hook"),
     pytest.param(('rules = "rules.toml"', 'rules = "missing.toml"'), "rule table 'missing.toml'", id="missing-rule-table"),
     pytest.param(('id = "order-sign"', 'id = "order-select"'), "service ids must be unique", id="duplicate-id"),
+    # Another file of cards/ would be read by nothing: the evaluator applies rules.toml to every service.
+    pytest.param(('rules = "rules.toml"', 'rules = "ratings.toml"'), "every service applies rules.toml", id="other-rule-table"),
 ])
 def test_a_bad_catalogue_is_refused_with_its_problem(tmp_path: Path, change: tuple[str, str], message: str) -> None:
     cards = tmp_path / "cards"

@@ -25,6 +25,7 @@ INDICATORS = ("info", "warning", "critical")
 SUMMARY_LIMIT = 140  # CDS Hooks 2.0: summary "<140 characters"
 # Placeholders a card's text may hold: the date of the earlier study, and the ordered study
 # ("Lumbar CT" at the start of a sentence, "lumbar CT" inside one).
+RULES_FILE = "rules.toml"  # the rule table the service applies (every service of cards/services.toml)
 PLACEHOLDERS = ("{prior_date}", "{Study}", "{study}")
 PLACEHOLDER_LONGEST = {"{prior_date}": "2026-12-31", "{Study}": "Lumbar radiographs", "{study}": "lumbar radiographs"}
 ACR_RATINGS = ("UA", "MBA", "UNA")  # usually appropriate, may be appropriate, usually not appropriate
@@ -201,7 +202,7 @@ def load_table(directory: Path | None = None) -> RuleTable:
     """Read cards/, check it all, and return the rule table."""
     directory = directory or default_cards_dir()
     problems = _Problems()
-    raw_rules = _read(directory / "rules.toml", problems)
+    raw_rules = _read(directory / RULES_FILE, problems)
     rules = tuple(_rule(r, n, problems) for n, r in enumerate(_array(raw_rules, "rule", "rules.toml", problems)))
     modifiers = tuple(_modifier(m, n, problems) for n, m in enumerate(_array(raw_rules, "modifier", "rules.toml", problems)))
     sources = {k: _source(k, v, problems) for k, v in _read(directory / "sources.toml", problems).items()}
